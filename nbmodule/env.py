@@ -1,0 +1,94 @@
+"""Where things live and what runs them: data root, run root, device, seeds, threads.
+
+Seeds, devices and dtypes are parameters, never globals: these helpers take them as arguments and return
+what they made (a ``torch.Generator``, a ``torch.device``) so callers pass them on explicitly.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "REPO_ROOT", "in_colab", "data_root", "runs_root", "pick_device", "seed_everything", "set_threads",
+    "shared_data",
+]
+
+#: The checkout this package was installed from in editable mode (None for a plain ``pip install``).
+REPO_ROOT: Path | None = (
+    Path(__file__).resolve().parent.parent
+    if (Path(__file__).resolve().parent.parent / "pyproject.toml").is_file()
+    else None
+)
+
+DRIVE_ROOT = Path("/content/drive/MyDrive/nbmodule")
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def _default_base() -> Path:
+    if in_colab() and DRIVE_ROOT.parent.is_dir():  # Drive mounted: survive a disconnect
+        return DRIVE_ROOT
+    return REPO_ROOT if REPO_ROOT is not None else Path.cwd()
+
+
+def data_root(path: str | Path | None = None) -> Path:
+    """Root of all datasets: ``path`` if given, else ``$NBM_DATA``, else ``data/`` at the repo root."""
+    if path:
+        return Path(path).expanduser().resolve()
+    env = os.environ.get("NBM_DATA")
+    return Path(env).expanduser().resolve() if env else _default_base() / "data"
+
+
+def runs_root(path: str | Path | None = None) -> Path:
+    """Root of run folders: ``path`` if given, else ``$NBM_RUNS``, else ``runs/`` at the repo root."""
+    if path:
+        return Path(path).expanduser().resolve()
+    env = os.environ.get("NBM_RUNS")
+    return Path(env).expanduser().resolve() if env else _default_base() / "runs"
+
+
+def shared_data() -> Path | None:
+    """Real data samples for tests (``$NBM_SHARED_DATA``, set by the Makefile/CI); None when absent."""
+    env = os.environ.get("NBM_SHARED_DATA")
+    if env and Path(env).is_dir():
+        return Path(env).resolve()
+    return None
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``"auto"`` picks cuda when available, else mps, else cpu; anything else is used as given."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use device='auto' or 'cpu'")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices) and return a CPU generator seeded with ``seed``.
+
+    Prefer passing the returned generator to samplers over relying on the global state.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def set_threads(n: int | None) -> int:
+    """Limit torch's intra-op threads (two processes fighting over 2 cores run 25-40x slower)."""
+    if n:
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()
