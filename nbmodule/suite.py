@@ -219,9 +219,9 @@ def _export_report(output: Path, run_dir: Path) -> str | None:
 
 def run_suite(profile: str = "cpu", *, only: Sequence[str] = (), out: str | Path | None = None,
               params: dict[str, Any] | None = None, notebooks_dir: str | Path | None = None,
-              profiles_path: str | Path = PROFILES, progress: bool = True) -> dict[str, Any]:
+              profiles_path: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the suite and return the summary (also written to ``<out>/summary.json``)."""
-    profiles = load_profiles(profiles_path)
+    profiles = load_profiles(profiles_path or PROFILES)
     out = Path(out).expanduser().resolve() if out else runs_root() / profile
     folder = Path(notebooks_dir).resolve() if notebooks_dir else default_notebooks_dir()
     books = find_notebooks(folder, only)
