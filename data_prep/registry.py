@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from .fetch import Mirror, RemoteFile, fetch, verify
 
-__all__ = ["DatasetSpec", "DATASETS", "get_spec", "default_dest", "prepare"]
+__all__ = ["DatasetSpec", "DATASETS", "get_spec", "default_dest", "prepare", "prepare_many", "folder_stats"]
 
 #: dataset name -> module defining its SPEC. Order is the order ``00_data`` builds them in.
 DATASETS: dict[str, str] = {
@@ -128,3 +128,39 @@ def prepare(name: str, dest: str | Path | None = None, *, sources: Sequence[str]
     staging.rename(dest)
     print(f"[data_prep] {name}: ready at {dest}")
     return dest
+
+
+def folder_stats(path: Path) -> tuple[int, int]:
+    """(number of files, total bytes) under ``path``."""
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def prepare_many(names: Sequence[str], *, synthetic: bool, root: str | Path | None = None, scale: str = "cpu",
+                 seed: int = 0, fallback_synthetic: bool = True) -> list[dict[str, Any]]:
+    """Prepare several datasets, one row per dataset (what notebook 00 shows as a table).
+
+    A real dataset that cannot be obtained (offline, dead mirror) is reported with its error and, when
+    ``fallback_synthetic``, replaced by synthetic data so the later notebooks still run; the row says so.
+    """
+    import time
+
+    rows = []
+    for name in names:
+        start = time.perf_counter()
+        row: dict[str, Any] = {"dataset": name, "kind": "synthetic" if synthetic else "real", "error": ""}
+        try:
+            path = (prepare(name, synthetic=True, root=root, seed=seed, scale=scale) if synthetic
+                    else prepare(name, root=root, seed=seed))
+        except Exception as err:  # report every dataset, not just the first failure
+            row["error"] = f"{type(err).__name__}: {err}".splitlines()[0]
+            if synthetic or not fallback_synthetic:
+                path = None
+            else:
+                path = prepare(name, synthetic=True, root=root, seed=seed, scale=scale)
+                row["kind"] = "synthetic (fallback)"
+        row["path"] = str(path) if path else ""
+        row["files"], row["bytes"] = folder_stats(path) if path else (0, 0)
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        rows.append(row)
+    return rows
