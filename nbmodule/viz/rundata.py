@@ -15,8 +15,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["X_COLUMNS", "KEY_COLUMNS", "find_studies", "list_curves", "read_curves", "read_metrics_file",
-           "x_columns", "metric_columns", "smooth", "aggregate_seeds", "final_values"]
+__all__ = ["X_COLUMNS", "KEY_COLUMNS", "find_studies", "overview", "list_curves", "read_curves", "read_metrics_file",
+           "x_columns", "metric_columns", "smooth", "aggregate_seeds", "lower_is_better", "final_values"]
 
 #: Columns that may serve as the x-axis of a curve, in order of preference.
 X_COLUMNS = ("step", "epoch", "iteration", "stage", "shots")
@@ -48,6 +48,22 @@ def find_studies(runs_dir: str | Path, max_depth: int = 3) -> dict[str, Path]:
 
     walk(root, 0)
     return dict(sorted(found.items()))
+
+
+def overview(runs_dir: str | Path) -> pd.DataFrame:
+    """One row per run folder directly under ``runs_dir``: its name, how many metrics, which curves, how
+    many figures, and whether it holds a ``config.json`` (folders without any of these are left out)."""
+    rows = []
+    root = Path(runs_dir)
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        metrics = read_metrics_file(folder)
+        curves = list_curves(folder)
+        pngs = list(folder.glob("*.png"))
+        if not (metrics or curves or pngs or (folder / "config.json").is_file()):
+            continue
+        rows.append({"run folder": folder.name, "metrics": len(metrics), "curves": ", ".join(curves),
+                     "figures": len(pngs), "config": (folder / "config.json").is_file()})
+    return pd.DataFrame(rows, columns=["run folder", "metrics", "curves", "figures", "config"])
 
 
 def list_curves(run_dir: str | Path) -> list[str]:
@@ -152,13 +168,18 @@ def aggregate_seeds(df: pd.DataFrame, x: str, metric: str, kind: Smoothing = "no
     return agg
 
 
+def lower_is_better(metric: str) -> bool:
+    """Whether a metric improves downwards, guessed from its name (losses, errors, angles, times, steps)."""
+    return any(t in metric.lower() for t in ("loss", "err", "mse", "angle", "steps", "time", "latency", "_ms"))
+
+
 def final_values(df: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
     """Per run: the metric at each seed's last x, as mean, std and 95% CI half-width over seeds.
 
     Columns: ``run, final_<x>, mean, std, ci95, seeds, best``; ``best`` is the best value any logged point
-    reached (minimum for names containing loss/err/mse/time/_ms/latency/angle, else maximum).
+    reached (the minimum where :func:`lower_is_better`, else the maximum).
     """
-    lower_is_better = any(t in metric.lower() for t in ("loss", "err", "mse", "time", "_ms", "latency", "angle"))
+    lower = lower_is_better(metric)
     rows = []
     part = df[["run", "seed", x, metric]].dropna(subset=[x, metric])
     for run, g in part.groupby("run", sort=True):
@@ -168,5 +189,5 @@ def final_values(df: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
         std = float(vals.std(ddof=1)) if n > 1 else float("nan")
         rows.append({"run": run, f"final_{x}": last[x].max(), "mean": float(vals.mean()), "std": std,
                      "ci95": 1.96 * std / np.sqrt(n) if n > 1 else float("nan"), "seeds": n,
-                     "best": float(g[metric].min() if lower_is_better else g[metric].max())})
+                     "best": float(g[metric].min() if lower else g[metric].max())})
     return pd.DataFrame(rows, columns=["run", f"final_{x}", "mean", "std", "ci95", "seeds", "best"])
