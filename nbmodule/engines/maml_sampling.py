@@ -1,0 +1,456 @@
+"""Task-weighted MAML on sinusoid regression: meta-train one MLP per (sampling regime, seed) and evaluate it.
+
+    python -m nbmodule.engines.maml_sampling --config configs/maml_sampling/weighted.yaml --out runs \\
+        [-o meta_iterations=2000 -o seeds=[0,1]] [--device auto]
+
+Each (regime, seed) meta-trains ``mlp`` (1-40-40-1, ReLU) with :func:`nbmodule.meta.meta_loss`, drawing
+``meta_batch_size`` tasks per iteration with :func:`nbmodule.meta.sample_tasks` from a
+:class:`~nbmodule.meta.PriorityQueue` over the family's parameter space, and writing the batch's
+post-adaptation query losses back into the queue after each meta-step. Every ``eval_every`` iterations the
+model is fine-tuned (``eval_steps`` plain steps, K support points, ``eval_points`` fresh query points) on the
+fixed test grid and on the held-out tasks. A checkpoint per (regime, seed) holds the model, the optimiser, the
+queue, the task generator's state and the logged rows, so a re-run with the same run folder continues where
+an interrupted one stopped and ends with the same numbers.
+
+Run folder (``<out>/04_maml_sampling/`` from the notebook, or ``--out``/``--name`` from the CLI):
+
+``config.json``
+    the config, device, versions.
+``metrics.json``
+    per regime (mean over seeds; ``_ci95``: half-width of the normal 95% interval over seeds, null with
+    one seed): ``{regime}_mse_0step``, ``{regime}_mse_1step``, ``{regime}_mse_10step`` (test grid),
+    ``{regime}_heldout_mse_1step``, ``{regime}_heldout_mse_10step`` (600 held-out tasks), each with a
+    ``_ci95`` companion; ``{regime}_s_per_iteration`` (training wall time per meta-iteration).
+``curves/train.csv``
+    ``run`` (regime), ``seed``, ``step`` (meta-iteration), ``train_loss`` (mean post-adaptation query loss
+    of the training tasks since the previous row), ``weighted_loss`` (the meta-loss actually optimised,
+    with importance weights), ``epsilon`` (epsilon-greedy; else nan).
+``curves/test.csv``
+    ``run``, ``seed``, ``step``, ``test_mse_1step``, ``test_mse_{eval_steps}step`` (test grid means),
+    ``heldout_mse_1step``, ``heldout_mse_{eval_steps}step``, ``test_mse_0step`` (before adaptation).
+``parameter_space.csv``
+    the final test-grid losses per task: ``run``, ``seed``, ``amplitude``, ``phase`` (degrees),
+    [``frequency``], ``mse_1step``, ``mse_{eval_steps}step``, ``mse_0step``.
+``grid_losses.json``
+    ``{"param_names", "params": [[A, phi(, f)], ...], "steps": S, "losses": {regime: {seed: [[L_0..L_S] per
+    task]}}}``: the final fine-tuning losses of every test-grid task (phase in radians).
+``queues.json``
+    ``{"param_names", "low", "high", "block", "snapshots": {regime: {seed: [{"step", "losses", "counts"}]}}}``:
+    the priority queue (nested lists, grid shape) at ``queue_snapshots`` moments of training.
+``examples.json``
+    ``{"x": [...], "tasks": [{"params", "support_x", "support_y", "truth", "pred_0", "pred_1", "pred_S"}]}``
+    per regime (first seed): regressions of a low, a medium and a high amplitude task.
+``checkpoints/{regime}_s{seed}.pt``
+    resume state; ``done`` marks a finished pair, whose results are reused on a re-run.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import yaml
+from pydantic import Field, field_validator
+
+from ..config import Config, load_config, make_config
+from ..data.sinusoid import evaluation_tasks, get_family, make_tasks, sinusoid
+from ..meta import REGIMES, finetune_curve, forward, meta_loss, sample_tasks
+from ..meta.maml import adapt
+from ..metrics import mean_confidence_interval
+from ..models.mlp import mlp
+from ..progress import progress_bar
+from ..runs import RunDir
+
+__all__ = ["MamlSamplingConfig", "train_regime", "run_study", "summarise", "plot_queue_heatmaps", "plot_examples", "main"]
+
+Regime = Literal["uniform", "epsilon_greedy", "weighted", "importance_weighted", "delta", "importance_delta"]
+GRID_SEED, HELDOUT_POINTS_SEED = 1234, 4321  # fixed evaluation points: every regime and seed sees the same
+
+
+class MamlSamplingConfig(Config):
+    """Settings of the task-weighted MAML study (the notebook's parameters cell, the YAML files)."""
+
+    family: Literal["2d", "3d"] = "2d"                 # sinusoid family: amplitude+phase, or + frequency
+    regimes: list[Regime] = list(REGIMES)              # sampling regimes to train, each its own models
+    k_shot: int = Field(10, gt=0)                      # support points per task (K)
+    k_query: int = Field(10, gt=0)                     # query points per training task
+    inner_steps: int = Field(1, ge=1)                  # inner gradient steps during meta-training
+    inner_lr: float = Field(0.01, gt=0)                # inner step size (training and fine-tuning)
+    first_order: bool = False                          # FOMAML instead of second-order MAML
+    meta_lr: float = Field(1e-3, gt=0)                 # Adam learning rate of the meta-update
+    meta_batch_size: int = Field(25, gt=0)             # tasks per meta-iteration
+    meta_iterations: int = Field(70000, gt=0)          # meta-iterations per (regime, seed)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # one model per seed and regime
+    hidden: list[int] = Field(default_factory=lambda: [40, 40], min_length=1)  # MLP hidden widths
+    eval_every: int = Field(1000, gt=0)                # test-grid / held-out evaluation period (iterations)
+    eval_steps: int = Field(10, ge=1)                  # fine-tuning steps at evaluation
+    eval_points: int = Field(100, gt=0)                # fresh query points per evaluation task
+    heldout_tasks: int = Field(600, gt=0)              # held-out tasks drawn uniformly (fixed seed)
+    log_every: int = Field(100, gt=0)                  # training-loss row period (iterations)
+    checkpoint_every: int = Field(1000, gt=0)          # checkpoint period (iterations)
+    queue_snapshots: int = Field(4, ge=1)              # priority-queue heatmaps kept (evenly spaced, incl. 0)
+    queue_init_scale: float = Field(1.0, gt=0)         # cells start uniform in [0.5, 1.5) * this
+    epsilon_start: float = Field(1.0, ge=0, le=1)      # epsilon-greedy: exploration probability at first
+    epsilon_final: float = Field(0.1, ge=0, le=1)      # ... after annealing
+    epsilon_anneal_start: int = Field(0, ge=0)         # ... constant until this iteration
+    epsilon_anneal_steps: Optional[int] = Field(None, gt=0)  # ... linear over this many (None: half the run)
+
+    @field_validator("regimes")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"regimes must be a non-empty list without repeats, got {v}")
+        return v
+
+    def epsilon(self) -> dict[str, float]:
+        steps = self.epsilon_anneal_steps or max(1, self.meta_iterations // 2)
+        return {"start": self.epsilon_start, "final": self.epsilon_final,
+                "anneal_start": self.epsilon_anneal_start, "anneal_steps": steps}
+
+
+def _build(cfg: MamlSamplingConfig, seed: int, device: torch.device) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+        torch.manual_seed(seed)
+        model = mlp(in_features=1, hidden=tuple(cfg.hidden), out_features=1)  # the registry's "mlp"
+    return model.to(device)
+
+
+def _eval_sets(cfg: MamlSamplingConfig, device: torch.device) -> dict[str, tuple[torch.Tensor, ...]]:
+    family = get_family(cfg.family)
+    return {
+        "grid": evaluation_tasks(family.test_grid(), cfg.k_shot, cfg.eval_points, seed=GRID_SEED, device=device),
+        "heldout": evaluation_tasks(family.heldout(cfg.heldout_tasks), cfg.k_shot, cfg.eval_points,
+                                    seed=HELDOUT_POINTS_SEED, device=device),
+    }
+
+
+def _evaluate(model: torch.nn.Module, cfg: MamlSamplingConfig, sets: dict[str, tuple[torch.Tensor, ...]]) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    return {name: finetune_curve(model, params, tasks, F.mse_loss, steps=cfg.eval_steps, inner_lr=cfg.inner_lr).cpu()
+            for name, tasks in sets.items()}
+
+
+def _test_row(regime: str, seed: int, step: int, curves: dict[str, torch.Tensor], s: int) -> dict[str, Any]:
+    g, h = curves["grid"].mean(0), curves["heldout"].mean(0)
+    return {"run": regime, "seed": seed, "step": step, "test_mse_1step": float(g[1]), f"test_mse_{s}step": float(g[s]),
+            "heldout_mse_1step": float(h[1]), f"heldout_mse_{s}step": float(h[s]), "test_mse_0step": float(g[0])}
+
+
+def _snapshot_steps(cfg: MamlSamplingConfig) -> list[int]:
+    n = cfg.queue_snapshots
+    if n == 1:
+        return [cfg.meta_iterations]
+    return sorted({round(i * cfg.meta_iterations / (n - 1)) for i in range(n)})
+
+
+def _examples(model: torch.nn.Module, cfg: MamlSamplingConfig, device: torch.device,
+              amplitudes: Sequence[float] = (0.3, 2.5, 4.7), phase: float = math.pi / 4) -> dict[str, Any]:
+    """Regressions of a low, medium and high amplitude task: before, after 1 and after ``eval_steps`` steps."""
+    family = get_family(cfg.family)
+    extra = [1.0] if family.ndim == 3 else []
+    params = torch.tensor([[a, phase, *extra] for a in amplitudes], dtype=torch.float64)
+    xs, ys, _, _ = evaluation_tasks(params, cfg.k_shot, 1, seed=GRID_SEED + 1, device=device)
+    x = torch.linspace(*family.x_range, 200, dtype=torch.float64)
+    truth = sinusoid(params, x.view(1, -1, 1).expand(len(params), -1, -1))
+    xd = x.view(-1, 1).to(device=device, dtype=torch.float32)
+    theta = {k: v.detach() for k, v in model.named_parameters()}
+    tasks = []
+    for i in range(len(params)):
+        preds = {}
+        for s in (0, 1, cfg.eval_steps):
+            with torch.no_grad():
+                p = adapt(model, theta, xs[i], ys[i], F.mse_loss, steps=s, inner_lr=cfg.inner_lr, first_order=True)
+                preds[f"pred_{s}"] = forward(model, p, xd).flatten().cpu().tolist()
+        tasks.append({"params": params[i].tolist(), "support_x": xs[i].flatten().cpu().tolist(),
+                      "support_y": ys[i].flatten().cpu().tolist(), "truth": truth[i].flatten().tolist(), **preds})
+    return {"x": x.tolist(), "steps": [0, 1, cfg.eval_steps], "tasks": tasks}
+
+
+def train_regime(cfg: MamlSamplingConfig, regime: str, seed: int, run: RunDir, *, device: torch.device | str = "cpu",
+                 bar: Any = None, callback: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Meta-train and evaluate one (regime, seed); resumes from ``checkpoints/{regime}_s{seed}.pt``.
+
+    Returns ``{"train_rows", "test_rows", "grid" (M, S+1), "heldout" (N, S+1), "snapshots", "examples",
+    "seconds", "iterations_run"}``. ``callback(iteration)`` runs after each iteration's checkpointing (tests
+    use it to interrupt a run).
+    """
+    device = torch.device(device)
+    family = get_family(cfg.family)
+    name = f"{regime}_s{seed}"
+    model = _build(cfg, seed, device)
+    params = dict(model.named_parameters())
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.meta_lr)
+    gen = torch.Generator().manual_seed(10_007 * seed + 17)
+    queue = family.make_queue(gen, cfg.queue_init_scale)
+    state: dict[str, Any] = {"iteration": 0, "train_rows": [], "test_rows": [], "snapshots": [], "seconds": 0.0,
+                             "acc": [0.0, 0.0, 0]}
+    ckpt = run.load_checkpoint(name)
+    if ckpt is not None:
+        if ckpt.get("done"):
+            if bar is not None:
+                bar.update(cfg.meta_iterations)
+            return ckpt["result"]
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        queue.load_state_dict(ckpt["queue"])
+        gen.set_state(ckpt["generator"])
+        state = ckpt["state"]
+        if bar is not None:
+            bar.update(state["iteration"])
+
+    sets = _eval_sets(cfg, device)
+    snap_at = set(_snapshot_steps(cfg))
+    eps_kw = cfg.epsilon()
+    importance = regime.startswith("importance")
+    s = cfg.eval_steps
+
+    def snapshot(step: int) -> None:
+        state["snapshots"].append({"step": step, "losses": queue.losses.tolist(), "counts": queue.counts.tolist()})
+
+    if state["iteration"] == 0 and 0 in snap_at and not state["snapshots"]:
+        snapshot(0)
+    start_it = state["iteration"]
+    last_eval: dict[str, torch.Tensor] | None = None
+    t0 = time.perf_counter()
+    for it in range(start_it + 1, cfg.meta_iterations + 1):
+        draw = sample_tasks(regime, queue, cfg.meta_batch_size, generator=gen, step=it, epsilon=eps_kw)
+        tasks = make_tasks(draw.params, cfg.k_shot, cfg.k_query, gen, x_range=family.x_range, device=device)
+        weights = draw.weights.to(device=device, dtype=torch.float32) if importance else None
+        loss, per_task = meta_loss(model, params, tasks, F.mse_loss, steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
+                                   first_order=cfg.first_order, weights=weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        per_task = per_task.cpu()
+        queue.update(draw.cells, per_task)
+        acc = state["acc"]
+        acc[0] += float(per_task.mean())
+        acc[1] += float(loss.detach())
+        acc[2] += 1
+        if it % cfg.log_every == 0 or it == cfg.meta_iterations:
+            state["train_rows"].append({"run": regime, "seed": seed, "step": it, "train_loss": acc[0] / acc[2],
+                                        "weighted_loss": acc[1] / acc[2],
+                                        "epsilon": draw.epsilon if draw.epsilon is not None else math.nan})
+            state["acc"] = [0.0, 0.0, 0]
+            if bar is not None:
+                bar.set_postfix(regime=regime, seed=seed, loss=f"{acc[0] / max(acc[2], 1):.3f}", refresh=False)
+        if it % cfg.eval_every == 0 or it == cfg.meta_iterations:
+            last_eval = _evaluate(model, cfg, sets)
+            state["test_rows"].append(_test_row(regime, seed, it, last_eval, s))
+        if it in snap_at:
+            snapshot(it)
+        state["iteration"] = it
+        if it % cfg.checkpoint_every == 0 and it != cfg.meta_iterations:
+            state["seconds"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            run.save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                 "queue": queue.state_dict(), "generator": gen.get_state(), "state": state,
+                                 "done": False}, name)
+        if bar is not None:
+            bar.update(1)
+        if callback is not None:
+            callback(it)
+    state["seconds"] += time.perf_counter() - t0
+
+    # the loop's last iteration evaluated the final model already (unless the loop had nothing left to run)
+    final = last_eval if last_eval is not None else _evaluate(model, cfg, sets)
+    result = {"train_rows": state["train_rows"], "test_rows": state["test_rows"], "grid": final["grid"],
+              "heldout": final["heldout"], "snapshots": state["snapshots"], "examples": _examples(model, cfg, device),
+              "seconds": state["seconds"], "iterations_run": cfg.meta_iterations - start_it}
+    run.save_checkpoint({"model": model.state_dict(), "done": True, "result": result}, name)
+    return result
+
+
+def summarise(cfg: MamlSamplingConfig, results: dict[tuple[str, int], dict[str, Any]]) -> dict[str, float | None]:
+    """metrics.json entries: per regime, means over seeds (and their 95% CI half-widths) of the final losses."""
+    s = cfg.eval_steps
+    metrics: dict[str, float | None] = {}
+    for regime in cfg.regimes:
+        rs = [results[(regime, seed)] for seed in cfg.seeds]
+        cols = {"mse_0step": ("grid", 0), "mse_1step": ("grid", 1), f"mse_{s}step": ("grid", s),
+                "heldout_mse_1step": ("heldout", 1), f"heldout_mse_{s}step": ("heldout", s)}
+        for key, (where, col) in cols.items():
+            mean, ci = mean_confidence_interval([float(r[where][:, col].mean()) for r in rs])
+            metrics[f"{regime}_{key}"] = mean
+            metrics[f"{regime}_{key}_ci95"] = None if math.isnan(ci) else ci
+        its = sum(cfg.meta_iterations for _ in rs)
+        metrics[f"{regime}_s_per_iteration"] = sum(r["seconds"] for r in rs) / its
+    return metrics
+
+
+def _rounded(obj: Any, digits: int = 6) -> Any:
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v, digits) for v in obj]
+    return obj
+
+
+def _write_compact(run: RunDir, name: str, obj: Any) -> None:
+    """Large JSON (grids of numbers): 6 significant digits, no indentation, non-finite as null."""
+    import json
+    import os
+
+    tmp = run.path / f".{name}.tmp"
+    tmp.write_text(json.dumps(_rounded(obj), separators=(",", ":")))
+    os.replace(tmp, run.path / name)
+
+
+def run_study(cfg: MamlSamplingConfig, run: RunDir, *, device: torch.device | str = "cpu", progress: bool = True,
+              callback: Callable[[str, int, int], None] | None = None) -> dict[str, float | None]:
+    """Train every (regime, seed) of ``cfg`` (resuming finished or checkpointed ones), write the run folder
+    files listed in this module's docstring and return the metrics."""
+    device = torch.device(device)
+    run.save_config(cfg, device=str(device))
+    family = get_family(cfg.family)
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    total = len(cfg.regimes) * len(cfg.seeds) * cfg.meta_iterations
+    with progress_bar(total=total, desc="meta-training", enabled=progress) as bar:
+        for regime in cfg.regimes:
+            for seed in cfg.seeds:
+                cb = (lambda it, r=regime, sd=seed: callback(r, sd, it)) if callback is not None else None
+                results[(regime, seed)] = train_regime(cfg, regime, seed, run, device=device, bar=bar, callback=cb)
+
+    keys = [(r, sd) for r in cfg.regimes for sd in cfg.seeds]
+    run.write_curve("train", [row for k in keys for row in results[k]["train_rows"]])
+    run.write_curve("test", [row for k in keys for row in results[k]["test_rows"]])
+    grid = family.test_grid()
+    rows = []
+    for r, sd in keys:
+        losses = results[(r, sd)]["grid"]
+        for task, p in enumerate(grid.tolist()):
+            row = {"run": r, "seed": sd, "amplitude": round(p[0], 6), "phase": round(math.degrees(p[1]), 6)}
+            if family.ndim == 3:
+                row["frequency"] = round(p[2], 6)
+            row.update({"mse_1step": float(losses[task, 1]), f"mse_{cfg.eval_steps}step": float(losses[task, -1]),
+                        "mse_0step": float(losses[task, 0])})
+            rows.append(row)
+    pd.DataFrame(rows).to_csv(run.path / "parameter_space.csv", index=False)
+    _write_compact(run, "grid_losses.json", {
+        "param_names": list(family.param_names), "params": family.test_grid().tolist(), "steps": cfg.eval_steps,
+        "losses": {r: {str(sd): results[(r, sd)]["grid"].tolist() for sd in cfg.seeds} for r in cfg.regimes}})
+    queue = family.make_queue(torch.Generator().manual_seed(0))
+    _write_compact(run, "queues.json", {
+        "param_names": list(family.param_names), "low": queue.low.tolist(), "high": queue.high.tolist(),
+        "block": queue.block.tolist(),
+        "snapshots": {r: {str(sd): results[(r, sd)]["snapshots"] for sd in cfg.seeds} for r in cfg.regimes}})
+    _write_compact(run, "examples.json", {r: results[(r, cfg.seeds[0])]["examples"] for r in cfg.regimes})
+    metrics = summarise(cfg, results)
+    run.write_metrics(metrics)
+    return metrics
+
+
+# --- figures drawn from the run folder (queues.json, examples.json) --------------------------------------
+def plot_queue_heatmaps(run_dir: str | Path, regimes: Sequence[str] | None = None, seed: int | None = None,
+                        value: str = "losses"):
+    """The priority queue (``value``: "losses" or "counts") as amplitude x phase heatmaps: one row per regime,
+    one column per snapshot (3D: mean over frequency). Returns a matplotlib Figure."""
+    import json
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    data = json.loads((Path(run_dir) / "queues.json").read_text())
+    snaps = data["snapshots"]
+    regimes = [r for r in (regimes or list(snaps)) if r in snaps]
+    ncols = max(len(next(iter(snaps[r].values()))) for r in regimes)
+    fig, axes = plt.subplots(len(regimes), ncols, figsize=(2.8 * ncols, 2.3 * len(regimes)), squeeze=False)
+    fig.subplots_adjust(hspace=0.45, wspace=0.25)
+    lo, hi = data["low"], data["high"]
+    extent = (math.degrees(lo[1]), math.degrees(hi[1]), lo[0], hi[0])
+    for i, r in enumerate(regimes):
+        runs = snaps[r]
+        shots = runs[str(seed)] if seed is not None else next(iter(runs.values()))
+        for j in range(ncols):
+            ax = axes[i, j]
+            if j >= len(shots):
+                ax.set_visible(False)
+                continue
+            grid = np.asarray(shots[j][value], dtype=float)
+            if grid.ndim == 3:
+                grid = grid.mean(axis=2)
+            im = ax.imshow(grid, origin="lower", aspect="auto", extent=extent, cmap="viridis")
+            ax.set_title(f"{r}, iteration {shots[j]['step']}", fontsize=7)
+            ax.tick_params(labelsize=7)
+            if j == 0:
+                ax.set_ylabel("amplitude", fontsize=8)
+            if i == len(regimes) - 1:
+                ax.set_xlabel("phase (degrees)", fontsize=8)
+        fig.colorbar(im, ax=list(axes[i]), shrink=0.9, pad=0.01)
+    fig.suptitle(f"priority queue ({value}: latest post-adaptation loss per cell)" if value == "losses"
+                 else f"priority queue ({value})", fontsize=10)
+    return fig
+
+
+def plot_examples(run_dir: str | Path, regimes: Sequence[str] | None = None):
+    """Example regressions (low, medium, high amplitude): ground truth, K support points, the meta-learned
+    model before adaptation and after 1 and ``eval_steps`` steps. One row per regime (default: uniform and
+    the first other regime present)."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    data = json.loads((Path(run_dir) / "examples.json").read_text())
+    if regimes is None:
+        regimes = ([r for r in data if r == "uniform"] + [r for r in data if r != "uniform"])[:2]
+    regimes = [r for r in regimes if r in data]
+    ntask = max(len(data[r]["tasks"]) for r in regimes)
+    fig, axes = plt.subplots(len(regimes), ntask, figsize=(4.0 * ntask, 2.8 * len(regimes)), squeeze=False)
+    fig.subplots_adjust(hspace=0.35)
+    for i, r in enumerate(regimes):
+        ex = data[r]
+        x = ex["x"]
+        for j, task in enumerate(ex["tasks"]):
+            ax = axes[i, j]
+            ax.plot(x, task["truth"], color="k", linewidth=2, label="ground truth")
+            for s, style in zip(ex["steps"], (":", "--", "-")):
+                label = "pre-update" if s == 0 else f"after {s} step{'s' if s > 1 else ''}"
+                ax.plot(x, task[f"pred_{s}"], linestyle=style, linewidth=1.5, label=label)
+            ax.scatter(task["support_x"], task["support_y"], color="red", s=18, zorder=3, label="K support points")
+            ax.set_title(f"{r}: amplitude {task['params'][0]:.1f}", fontsize=9)
+            ax.tick_params(labelsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    return fig
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"override {text!r} must look like key=value")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float | None]:
+    from ..env import pick_device, runs_root, set_threads
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", type=Path, help="a YAML under configs/maml_sampling/ (default: base settings)")
+    ap.add_argument("-o", "--override", action="append", type=_parse_override, default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", default="", help="run root (default: $NBM_RUNS or runs/)")
+    ap.add_argument("--name", default="04_maml_sampling", help="run folder name under the run root")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    set_threads(args.threads or None)
+    overrides = dict(args.override)
+    cfg = (load_config(MamlSamplingConfig, args.config, **overrides) if args.config
+           else make_config(MamlSamplingConfig, overrides, source="command line"))
+    run = RunDir(runs_root(args.out or None), args.name)
+    metrics = run_study(cfg, run, device=pick_device(args.device), progress=not args.no_progress)
+    for k, v in metrics.items():
+        print(f"{k}: {v}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""The functional meta-learning engine: MAML's inner/outer loop and task-weighted sampling.
+
+``adapt`` / ``meta_loss`` / ``finetune_curve`` work on any ``nn.Module`` with parameters passed as a dict of
+tensors (``torch.func.functional_call``); ``MAML`` is the learn2learn-like wrapper over them.
+``PriorityQueue`` and ``sample_tasks`` implement the six task-sampling regimes of task-weighted MAML.
+"""
+from .maml import MAML, InnerLR, Learner, LossFn, adapt, finetune_curve, forward, meta_loss, resolve_strategy
+from .sampling import REGIMES, PriorityQueue, TaskDraw, epsilon_at, sample_tasks
+
+__all__ = [
+    "MAML", "Learner", "LossFn", "InnerLR", "adapt", "meta_loss", "finetune_curve", "forward", "resolve_strategy",
+    "REGIMES", "PriorityQueue", "TaskDraw", "epsilon_at", "sample_tasks",
+]

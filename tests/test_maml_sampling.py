@@ -1,0 +1,153 @@
+"""The task-weighted MAML study engine: config, run folder files, learning, checkpoint/resume."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import torch
+
+from nbmodule.config import ConfigError, load_config, make_config
+from nbmodule.engines.maml_sampling import MamlSamplingConfig, plot_examples, plot_queue_heatmaps, run_study, train_regime
+from nbmodule.meta import REGIMES
+from nbmodule.runs import RunDir
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs" / "maml_sampling"
+CONTRACT = ["family", "regimes", "k_shot", "inner_steps", "inner_lr", "meta_lr", "meta_batch_size",
+            "meta_iterations", "seeds"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny per-task ops: one thread is fastest, and 2 threads on a shared 2-core machine are ~5x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+def _tiny(**kw) -> MamlSamplingConfig:
+    base = dict(regimes=["uniform", "importance_weighted"], meta_iterations=12, meta_batch_size=5, eval_every=6,
+                eval_points=5, heldout_tasks=20, log_every=3, checkpoint_every=4, queue_snapshots=3, hidden=[16, 16])
+    return make_config(MamlSamplingConfig, {**base, **kw})
+
+
+def test_config_rejects_bad_values_with_the_field_name():
+    with pytest.raises(ConfigError, match="regimes"):
+        make_config(MamlSamplingConfig, {"regimes": ["uniform", "greedy"]})
+    with pytest.raises(ConfigError, match="unknown field 'meta_iters'"):
+        make_config(MamlSamplingConfig, {"meta_iters": 5})
+    with pytest.raises(ConfigError, match="inner_lr"):
+        make_config(MamlSamplingConfig, {"inner_lr": -0.1})
+    with pytest.raises(ConfigError, match="family"):
+        make_config(MamlSamplingConfig, {"family": "4d"})
+
+
+def test_yaml_configs_and_notebook_parameters_share_the_fields():
+    fields = set(MamlSamplingConfig.model_fields)
+    for regime in REGIMES:
+        cfg = load_config(MamlSamplingConfig, CONFIGS / f"{regime}.yaml")
+        assert cfg.regimes == [regime]
+        assert cfg.meta_lr == 0.01 and cfg.meta_iterations == 50000  # the seed's settings, from base.yaml
+    paper = load_config(MamlSamplingConfig, CONFIGS / "paper.yaml")
+    assert paper.meta_lr == 1e-3 and paper.meta_iterations == 70000 and paper.regimes == ["uniform"]
+    nb = nbformat.read(REPO / "notebooks" / "04_maml_sampling.ipynb", 4)
+    src = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    declared = {line.split("=")[0].strip() for line in src.splitlines() if "=" in line and not line.startswith("#")}
+    assert set(CONTRACT) <= declared
+    study_params = declared - {"seed", "device", "out", "data", "mount_drive", "progress", "threads"}
+    assert study_params <= fields
+
+
+def test_run_study_writes_the_run_folder(tmp_path):
+    cfg = _tiny()
+    run = RunDir(tmp_path, "04_maml_sampling")
+    metrics = run_study(cfg, run, progress=False)
+    for regime in cfg.regimes:
+        for key in ("mse_1step", "mse_10step", "mse_0step", "heldout_mse_1step", "heldout_mse_10step"):
+            assert metrics[f"{regime}_{key}"] > 0
+            assert f"{regime}_{key}_ci95" in metrics
+    on_disk = json.loads((run.path / "metrics.json").read_text())
+    assert on_disk["uniform_mse_1step"] == pytest.approx(metrics["uniform_mse_1step"])
+    train = pd.read_csv(run.path / "curves" / "train.csv")
+    assert list(train.columns[:3]) == ["run", "seed", "step"] and "train_loss" in train
+    assert set(train["run"]) == set(cfg.regimes) and train["step"].max() == 12
+    test = pd.read_csv(run.path / "curves" / "test.csv")
+    assert {"test_mse_1step", "test_mse_10step", "heldout_mse_1step"} <= set(test.columns)
+    assert sorted(test[test.run == "uniform"]["step"]) == [6, 12]
+    space = pd.read_csv(run.path / "parameter_space.csv")
+    assert len(space) == 2 * 450 and {"amplitude", "phase", "mse_1step"} <= set(space.columns)
+    final = test[(test.run == "uniform") & (test.step == 12)]["test_mse_1step"].item()
+    assert space[space.run == "uniform"]["mse_1step"].mean() == pytest.approx(final, rel=1e-5)
+    queues = json.loads((run.path / "queues.json").read_text())
+    snaps = queues["snapshots"]["importance_weighted"]["0"]
+    assert [s["step"] for s in snaps] == [0, 6, 12]
+    assert sum(map(sum, snaps[-1]["counts"])) == 12 * 5  # every drawn task wrote its cell
+    examples = json.loads((run.path / "examples.json").read_text())
+    assert len(examples["uniform"]["tasks"]) == 3 and len(examples["uniform"]["x"]) == 200
+    import matplotlib
+    matplotlib.use("Agg")
+    assert plot_queue_heatmaps(run.path).axes and plot_examples(run.path).axes
+
+
+def test_meta_training_lowers_the_test_loss(tmp_path):
+    cfg = _tiny(regimes=["weighted"], meta_iterations=150, meta_batch_size=10, meta_lr=0.01, eval_every=150,
+                checkpoint_every=150, log_every=50, hidden=[40, 40])
+    res = train_regime(cfg, "weighted", 0, RunDir(tmp_path), device="cpu")
+    before, after = res["grid"][:, 0].mean().item(), res["grid"][:, 1].mean().item()
+    start = res["train_rows"][0]["train_loss"]
+    end = res["train_rows"][-1]["train_loss"]
+    assert end < 0.8 * start
+    assert after < before  # one inner step helps on the test grid
+    assert res["grid"][:, 1].mean() < 3.0  # the loss of predicting 0 for every test task is about 4.1
+
+
+def test_interrupted_run_resumes_to_the_same_numbers(tmp_path):
+    cfg = _tiny(regimes=["epsilon_greedy", "delta"], meta_iterations=12, checkpoint_every=4)
+    ref = run_study(cfg, RunDir(tmp_path, "straight"), progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(regime, seed, it):
+        if regime == "delta" and it == 10:  # after the checkpoint at 8, mid-way through the second regime
+            raise Stop
+
+    interrupted = RunDir(tmp_path, "interrupted")
+    with pytest.raises(Stop):
+        run_study(cfg, interrupted, progress=False, callback=interrupt)
+    ckpt = interrupted.load_checkpoint("delta_s0")
+    assert ckpt["state"]["iteration"] == 8 and not ckpt["done"]
+    assert interrupted.load_checkpoint("epsilon_greedy_s0")["done"]
+    resumed_from = []
+    resumed = run_study(cfg, interrupted, progress=False, callback=lambda r, s, it: resumed_from.append((r, it)))
+    assert resumed_from[0] == ("delta", 9)  # finished regime skipped, the other continued after its checkpoint
+    numbers = [k for k in ref if not k.endswith("_s_per_iteration")]
+    assert {k: ref[k] for k in numbers} == {k: resumed[k] for k in numbers}
+    a = pd.read_csv(tmp_path / "straight" / "curves" / "train.csv")
+    b = pd.read_csv(tmp_path / "interrupted" / "curves" / "train.csv")
+    pd.testing.assert_frame_equal(a, b)
+    qa = json.loads((tmp_path / "straight" / "queues.json").read_text())
+    qb = json.loads((tmp_path / "interrupted" / "queues.json").read_text())
+    assert qa == qb
+    wa = torch.load(tmp_path / "straight" / "checkpoints" / "delta_s0.pt", weights_only=False)["model"]
+    wb = interrupted.load_checkpoint("delta_s0")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_3d_family_runs_end_to_end(tmp_path):
+    cfg = _tiny(family="3d", regimes=["delta"], meta_iterations=4, eval_every=4, checkpoint_every=4, queue_snapshots=2)
+    run = RunDir(tmp_path)
+    metrics = run_study(cfg, run, progress=False)
+    assert metrics["delta_mse_1step"] > 0
+    space = pd.read_csv(run.path / "parameter_space.csv")
+    assert len(space) == 1800 and "frequency" in space
+    snaps = json.loads((run.path / "queues.json").read_text())["snapshots"]["delta"]["0"]
+    assert torch.tensor(snaps[0]["losses"]).shape == (49, 36, 8)
+    import matplotlib
+    matplotlib.use("Agg")
+    assert plot_queue_heatmaps(run.path).axes
