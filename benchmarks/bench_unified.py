@@ -1,0 +1,91 @@
+"""UnifiedModel: inference latency and training throughput, NCHW (eager default) against channels_last.
+
+channels_last is the memory format cuDNN's and oneDNN's fast convolution kernels prefer; whether it pays
+off for MobileNetV3's depthwise convolutions depends on the device, so both are timed in the same process
+on the same weights and inputs (warm-up first, median of repeats, ``torch.cuda.synchronize`` around each
+timing on a GPU, threads fixed).
+
+Keys: ``unified_params``, ``unified_latency_ms`` / ``unified_latency_channels_last_ms`` (batch 1, median ms
+at ``unified_latency_size`` px: 512, or 256 with ``quick``), ``unified_latency_channels_last_speedup`` (NCHW time / channels_last time),
+``unified_train_img_per_s`` / ``unified_train_channels_last_img_per_s`` (forward + backward + AdamW step on
+a segmentation loss), ``unified_train_channels_last_speedup``, ``unified_on_cuda``.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from nbmodule.models import build_model, count_parameters
+from nbmodule.profiling import measure_latency
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _train_img_per_s(model, device, size: int, batch: int, steps: int, channels_last: bool) -> float:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device).train().to(memory_format=fmt)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, size, size, generator=gen).to(device).contiguous(memory_format=fmt)
+    y = torch.randint(0, model.num_seg_classes, (batch, size, size), generator=gen).to(device)
+
+    def step():
+        out = model(x)
+        loss = F.cross_entropy(out["seg"], y) + out["cls"].square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):  # warm-up
+        step()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    model.to(memory_format=torch.contiguous_format)
+    return batch / statistics.median(times)
+
+
+def run(quick: bool = False) -> dict[str, float]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(min(2, torch.get_num_threads()))
+    size = 256 if quick else 512
+    repeats = 3 if quick else (50 if device.type == "cuda" else 10)
+    train_size, batch = (128, 4) if quick else ((512, 16) if device.type == "cuda" else (160, 8))
+    steps = 2 if quick else 10
+    torch.manual_seed(0)
+    model = build_model("unified", backbone="mobilenet_v3_small", fpn_channels=64)
+    res: dict[str, float] = {"unified_params": float(count_parameters(model)),
+                             "unified_on_cuda": float(device.type == "cuda")}
+    base = measure_latency(model, (1, 3, size, size), device, repeats=repeats, warmup=2)["median_ms"]
+    cl = measure_latency(model, (1, 3, size, size), device, repeats=repeats, warmup=2, channels_last=True)["median_ms"]
+    res["unified_latency_size"] = float(size)
+    res["unified_latency_ms"] = base
+    res["unified_latency_channels_last_ms"] = cl
+    res["unified_latency_channels_last_speedup"] = base / cl
+    ips = _train_img_per_s(model, device, train_size, batch, steps, channels_last=False)
+    ips_cl = _train_img_per_s(model, device, train_size, batch, steps, channels_last=True)
+    res["unified_train_img_per_s"] = ips
+    res["unified_train_channels_last_img_per_s"] = ips_cl
+    res["unified_train_channels_last_speedup"] = ips_cl / ips
+    print(f"[bench_unified] {device}: latency {size}px {base:.1f} ms (NCHW) vs {cl:.1f} ms (channels_last): "
+          f"x{res['unified_latency_channels_last_speedup']:.2f}; training {ips:.1f} vs {ips_cl:.1f} img/s: "
+          f"x{res['unified_train_channels_last_speedup']:.2f}")
+    return res
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=1))
