@@ -20,6 +20,7 @@ DATASETS: dict[str, str] = {
     "omniglot": "data_prep.omniglot",
     "miniimagenet": "data_prep.miniimagenet",
     "nyuv2": "data_prep.nyuv2",
+    "nyuv2_13": "data_prep.nyuv2_13",  # MTAN's 13-class .npy layout (spec in data_prep/nyuv2.py)
     "taskonomy": "data_prep.taskonomy",
     "voc": "data_prep.voc",
     "coco": "data_prep.coco",
