@@ -4,7 +4,7 @@
 """
 from .extract import ArchiveError, UnsafeArchiveError, extract
 from .fetch import ChecksumError, DownloadError, Mirror, RemoteFile, fetch, verify
-from .registry import DATASETS, DatasetSpec, default_dest, get_spec, prepare
+from .registry import DATASETS, DatasetSpec, default_dest, get_spec, prepare, prepare_many
 
 __all__ = ["ArchiveError", "UnsafeArchiveError", "extract", "ChecksumError", "DownloadError", "Mirror",
-           "RemoteFile", "fetch", "verify", "DATASETS", "DatasetSpec", "default_dest", "get_spec", "prepare"]
+           "RemoteFile", "fetch", "verify", "DATASETS", "DatasetSpec", "default_dest", "get_spec", "prepare", "prepare_many"]

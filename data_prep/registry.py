@@ -6,6 +6,7 @@ them lazily so that ``python -m data_prep omniglot`` does not import the NYU-v2 
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,13 +89,22 @@ def prepare(name: str, dest: str | Path | None = None, *, sources: Sequence[str]
     """
     spec = get_spec(name)
     dest = Path(dest) if dest else default_dest(name, synthetic, root)
+    if synthetic:
+        # Synthetic data is reused only when made with the same seed and options (a smoke-scale copy must
+        # not silently stand in for the cpu-scale one).
+        marker = dest / ".synthetic.json"
+        wanted = json.dumps({"seed": seed, "options": options}, sort_keys=True, default=str)
+        if not force and dest.is_dir() and spec.is_ready(dest) and marker.is_file() and marker.read_text() == wanted:
+            print(f"[data_prep] {name}: synthetic data already at {dest}")
+            return dest
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        spec.synthesize(dest, seed=seed, **options)
+        marker.write_text(wanted)
+        print(f"[data_prep] {name}: synthetic data written to {dest}")
+        return dest
     if not force and dest.is_dir() and spec.is_ready(dest):
         print(f"[data_prep] {name}: already prepared at {dest}")
-        return dest
-    if synthetic:
-        dest.mkdir(parents=True, exist_ok=True)
-        spec.synthesize(dest, seed=seed, **options)
-        print(f"[data_prep] {name}: synthetic data written to {dest}")
         return dest
     cache = dest.parent / ".downloads" / name
     cache.mkdir(parents=True, exist_ok=True)

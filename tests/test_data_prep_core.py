@@ -231,3 +231,12 @@ def test_missing_dataset_says_how_to_get_it(tmp_path):
     (tmp_path / "omniglot").mkdir()
     with pytest.raises(DatasetNotFoundError, match="missing train.npz"):
         dataset_dir("omniglot", root=tmp_path, required=("train.npz",))
+
+
+def test_synthetic_data_is_rebuilt_when_options_change(toy_dataset, tmp_path):
+    root = tmp_path / "data"
+    prepare("toy", synthetic=True, root=root, scale="smoke")
+    path = prepare("toy", synthetic=True, root=root, scale="smoke")  # reused: same options
+    assert (path / "toy" / "a.txt").read_text() == "synthetic 0 smoke"
+    prepare("toy", synthetic=True, root=root, scale="cpu")
+    assert (path / "toy" / "a.txt").read_text() == "synthetic 0 cpu"
