@@ -94,15 +94,7 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
                         tf.extractall(staging)
                 except (tarfile.TarError, EOFError, OSError) as err:
                     raise ArchiveError(f"{archive}: truncated or corrupt archive ({err})") from None
-        # Move validated content into place only once the whole archive extracted.
-        for item in staging.iterdir():
-            target = dest / item.name
-            if target.is_dir() and item.is_dir():
-                _merge(item, target)
-            else:
-                if target.exists():
-                    shutil.rmtree(target) if target.is_dir() else target.unlink()
-                os.replace(item, target)
+        _merge(staging, dest)  # move validated content into place only once the whole archive extracted
     except zipfile.BadZipFile as err:
         raise ArchiveError(f"{archive}: corrupt zip ({err})") from None
     finally:
@@ -111,6 +103,7 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
 
 
 def _merge(src: Path, dst: Path) -> None:
+    """Move everything in ``src`` into ``dst``, merging folders and replacing files."""
     for item in src.iterdir():
         target = dst / item.name
         if item.is_dir() and target.is_dir():

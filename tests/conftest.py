@@ -24,3 +24,12 @@ def shared_data() -> Path:
     if not env or not Path(env).is_dir():
         pytest.skip("NBM_SHARED_DATA is not set to the shared real-data folder")
     return Path(env)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny per-task ops: one thread is fastest (2 threads on a busy 2-core machine: ~5x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,13 +20,7 @@ CONTRACT = ["family", "regimes", "k_shot", "inner_steps", "inner_lr", "meta_lr",
             "meta_iterations", "seeds"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny per-task ops: one thread is fastest, and 2 threads on a shared 2-core machine are ~5x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -10,13 +10,7 @@ from nbmodule.meta import MAML, adapt, finetune_curve, forward, meta_loss, resol
 from nbmodule.models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny per-task ops: one thread is fastest, and 2 threads on a shared 2-core machine are ~5x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
