@@ -18,14 +18,13 @@ candidate time), ``fewshot_{setting}_engine_s_per_iter`` (what ``strategy="auto"
 """
 from __future__ import annotations
 
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from nbmodule.engines.fewshot import FewShotConfig, build_fewshot_model, grouped_meta_loss
 from nbmodule.meta import meta_loss
+from nbmodule.profiling import median_seconds
 
 SETTINGS = {
     # name: (dataset, image shape, n_way, k_shot, k_query, meta_batch, steps, inner_lr)
@@ -57,20 +56,6 @@ def _tasks(shape, n_way, k_shot, k_query, T, device, gen):
     ys = torch.arange(n_way).repeat_interleave(k_shot).expand(T, -1).contiguous().to(device)
     yq = torch.arange(n_way).repeat_interleave(k_query).expand(T, -1).contiguous().to(device)
     return xs, ys, xq, yq
-
-
-def _time(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def _candidates(model, tasks, steps, lr, first_order):
@@ -108,7 +93,7 @@ def run(quick: bool = False) -> dict[str, float]:
         tasks = _tasks(shape, n_way, k_shot, k_query, T, device, gen)
         for fo in (False, True):
             suffix = "_fo" if fo else ""
-            times = {name: _time(fn, repeats, device) for name, fn in _candidates(model, tasks, steps, lr, fo).items()}
+            times = {name: median_seconds(fn, device, repeats=repeats, warmup=1) for name, fn in _candidates(model, tasks, steps, lr, fo).items()}
             for name, s in times.items():
                 results[f"fewshot_{key}_{name}{suffix}_s_per_iter"] = s
                 if name != "reference":

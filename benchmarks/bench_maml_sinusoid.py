@@ -11,11 +11,8 @@ the loop on a small conv net (5-way tasks), where vmap's grouped convolutions lo
 from __future__ import annotations
 
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -26,24 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nbmodule.data.sinusoid import get_family, make_tasks  # noqa: E402
 from nbmodule.meta import meta_loss  # noqa: E402
 from nbmodule.models.mlp import MLP  # noqa: E402
+from nbmodule.profiling import median_seconds  # noqa: E402
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _clone_module(module: nn.Module) -> nn.Module:
@@ -116,9 +98,9 @@ def run(quick: bool = False) -> dict[str, float]:
     _check_same_gradient(model, tasks, 0.01)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-    t_l2l = _time(lambda: _l2l_step(model, tasks, 0.01, opt), device, repeats, warmup)
-    t_vmap = _time(lambda: _engine_step(model, tasks, 0.01, opt, "vmap"), device, repeats, warmup)
-    t_loop = _time(lambda: _engine_step(model, tasks, 0.01, opt, "loop"), device, repeats, warmup)
+    t_l2l = median_seconds(lambda: _l2l_step(model, tasks, 0.01, opt), device, repeats=repeats, warmup=warmup)
+    t_vmap = median_seconds(lambda: _engine_step(model, tasks, 0.01, opt, "vmap"), device, repeats=repeats, warmup=warmup)
+    t_loop = median_seconds(lambda: _engine_step(model, tasks, 0.01, opt, "loop"), device, repeats=repeats, warmup=warmup)
 
     # conv net, 5-way 1-shot tasks with 5 query images per class: where vmap becomes grouped convolutions
     n_tasks, size = (2, 28) if quick else (4, 28)
@@ -137,8 +119,8 @@ def run(quick: bool = False) -> dict[str, float]:
         conv_opt.step()
 
     conv_reps = (3, 1) if quick else (10, 2)
-    t_conv_vmap = _time(lambda: conv_step("vmap"), device, *conv_reps)
-    t_conv_loop = _time(lambda: conv_step("loop"), device, *conv_reps)
+    t_conv_vmap = median_seconds(lambda: conv_step("vmap"), device, repeats=conv_reps[0], warmup=conv_reps[1])
+    t_conv_loop = median_seconds(lambda: conv_step("loop"), device, repeats=conv_reps[0], warmup=conv_reps[1])
 
     res = {
         "maml_sinusoid_on_cuda": int(device.type == "cuda"),

@@ -18,14 +18,13 @@ Keys: ``mtml_fp32_img_s``, ``mtml_{amp|channels_last}_img_s``, ``mtml_{amp|chann
 """
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 
 import torch
 
 from nbmodule.engines.mtml import MTMLConfig, RunDir, meta_train, task_loss
 from nbmodule.models import build_model
+from nbmodule.profiling import median_seconds
 
 TASKS = {"seg": 40, "depth": 1, "normals": 3, "edges": 1}
 
@@ -39,22 +38,6 @@ def _batch(n: int, size: tuple[int, int], device: torch.device, gen: torch.Gener
     b["depth_mask"] = b["depth"] > 0
     b["normals_mask"] = torch.ones(n, 1, h, w, dtype=torch.bool)
     return {k: v.to(device) for k, v in b.items()}
-
-
-def _time(step, repeats: int, inner: int, device: torch.device) -> float:
-    """Median seconds of ``inner`` calls of ``step``, over ``repeats`` timings (after one warm-up timing)."""
-    times = []
-    for r in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if r:
-            times.append((time.perf_counter() - t0) / inner)
-    return statistics.median(times)
 
 
 def _train_step(model, opt, batch, *, amp: bool, scaler, device: torch.device):
@@ -98,7 +81,8 @@ def run(quick: bool = False) -> dict[str, float]:
                 b = {**batch, "image": batch["image"].contiguous(memory_format=torch.channels_last)}
             else:
                 model.to(memory_format=torch.contiguous_format)
-            s = _time(_train_step(model, opt, b, amp=amp, scaler=scaler, device=device), repeats, inner, device)
+            s = median_seconds(_train_step(model, opt, b, amp=amp, scaler=scaler, device=device), device,
+                               repeats=repeats, warmup=inner, inner=inner)
             return n / s
 
         cand = "amp" if cuda else "channels_last"

@@ -12,19 +12,12 @@ a segmentation loss), ``unified_train_channels_last_speedup``, ``unified_on_cuda
 """
 from __future__ import annotations
 
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from nbmodule.models import build_model, count_parameters
-from nbmodule.profiling import measure_latency
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from nbmodule.profiling import measure_latency, median_seconds
 
 
 def _train_img_per_s(model, device, size: int, batch: int, steps: int, channels_last: bool) -> float:
@@ -42,17 +35,9 @@ def _train_img_per_s(model, device, size: int, batch: int, steps: int, channels_
         loss.backward()
         opt.step()
 
-    for _ in range(2):  # warm-up
-        step()
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    seconds = median_seconds(step, device, repeats=steps, warmup=2)
     model.to(memory_format=torch.contiguous_format)
-    return batch / statistics.median(times)
+    return batch / seconds
 
 
 def run(quick: bool = False) -> dict[str, float]:

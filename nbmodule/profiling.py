@@ -9,17 +9,35 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 
-__all__ = ["measure_latency"]
+__all__ = ["measure_latency", "median_seconds"]
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], Any], device: str | torch.device = "cpu", *, repeats: int = 10,
+                   warmup: int = 1, inner: int = 1) -> float:
+    """Median wall time in seconds of one ``fn()`` call: ``warmup`` untimed calls, then ``repeats`` timings of
+    ``inner`` back-to-back calls each (divided by ``inner``), CUDA synchronised around every timing."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) / inner)
+    return statistics.median(times)
 
 
 def measure_latency(model: nn.Module, input_shape: Sequence[int] = (1, 3, 512, 512), device: str | torch.device = "cpu",

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from nbmodule.losses import balanced_bce_loss, depth_l1_loss, normals_cosine_loss, seg_loss
 from nbmodule.metrics import ConfusionMatrix, DepthMeter, EdgeMeter, NormalsMeter, delta_m

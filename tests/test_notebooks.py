@@ -49,5 +49,5 @@ def test_notebooks_are_committed_clean(stem):
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, f"{stem}: strip outputs"
         assert "papermill" not in cell.metadata, f"{stem}: papermill metadata left in a cell"
-    assert f"colab.research.google.com/github/" in nb.cells[0].source and f"{stem}.ipynb" in nb.cells[0].source
+    assert "colab.research.google.com/github/" in nb.cells[0].source and f"{stem}.ipynb" in nb.cells[0].source
     assert nb.metadata.get("accelerator") == "GPU" and nb.metadata["kernelspec"]["name"] == "python3"

@@ -53,7 +53,7 @@ def num_classes_of(layout: str) -> int:
 
 
 def load_label13_png(path: str | Path) -> torch.Tensor:
-    """A 13-class NYU label PNG (``new_nyu_class13_XXXX.png``, 0 = unlabeled) as (H, W) int64, 255 = ignore."""
+    """A 13-class NYU label PNG (``new_nyu_class13_NNNN.png``, 0 = unlabeled) as (H, W) int64, 255 = ignore."""
     from PIL import Image
 
     lab = torch.from_numpy(np.array(Image.open(path), dtype=np.int64))

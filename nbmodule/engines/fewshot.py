@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..config import Config, load_config
-from ..data.fewshot import (Episode, FewShotSplit, LakeRuns, episode_to_float, load_lake_runs, miniimagenet_splits,
+from ..data.fewshot import (FewShotSplit, LakeRuns, episode_to_float, load_lake_runs, miniimagenet_splits,
                             omniglot_splits)
 from ..data.paths import dataset_dir
 from ..meta import meta_loss, resolve_strategy
