@@ -4,18 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-import yaml
+from nbmodule.config import parse_override
 
 from .extract import ArchiveError
 from .fetch import ChecksumError, DownloadError
 from .registry import DATASETS, get_spec, prepare
-
-
-def _option(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--option expects key=value, got {text!r}")
-    key, value = text.split("=", 1)
-    return key, yaml.safe_load(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if the destination looks ready")
     parser.add_argument("--no-verify", action="store_true",
                         help="accept files whose checksum differs from the published one (repackaged copies)")
-    parser.add_argument("--option", "-o", action="append", type=_option, default=[],
+    parser.add_argument("--option", "-o", action="append", type=parse_override, default=[],
                         help="dataset-specific option key=value (e.g. n_train=240)")
     args = parser.parse_args(argv)
     if args.dataset == "list":

@@ -17,7 +17,7 @@ from typing import Any, Mapping, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["Config", "ConfigError", "make_config", "load_config", "load_yaml"]
+__all__ = ["Config", "ConfigError", "make_config", "load_config", "load_yaml", "parse_override", "pick"]
 
 
 class ConfigError(ValueError):
@@ -83,6 +83,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(cls: type[C], path: str | Path, **overrides: Any) -> C:
     """Load a YAML config file (with its ``base:`` chain) into ``cls``, then apply ``overrides``."""
     return make_config(cls, load_yaml(path), source=str(path), **overrides)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"key=value"`` from a command line -> ``(key, value)``, the value read as YAML (``3``, ``0.1``,
+    ``true``, ``[a, b]``); an ``argparse`` ``type=`` for every CLI's ``-o key=value``."""
+    import argparse
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
 
 
 def pick(values: Mapping[str, Any], cls: type[Config]) -> dict[str, Any]:

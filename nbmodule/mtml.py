@@ -16,18 +16,10 @@ import argparse
 import json
 import sys
 
-import yaml
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, parse_override
 
 VERB_MODES = {"train": ("single", "mtl"), "meta-train": ("mtml",), "meta-test": ("meta_test",)}
-
-
-def _override(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"-o expects key=value, got {text!r}")
-    key, value = text.split("=", 1)
-    return key, yaml.safe_load(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="run root (overrides the config's out)")
     parser.add_argument("--device", help="auto, cpu, cuda... (overrides the config's device)")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("-o", "--override", action="append", type=_override, default=[])
+    parser.add_argument("-o", "--override", action="append", type=parse_override, default=[])
     args = parser.parse_args(argv)
 
     from .engines.mtml import MTMLConfig, run_mode, test

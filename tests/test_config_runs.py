@@ -92,3 +92,15 @@ def test_checkpoint_roundtrip_and_config_snapshot(tmp_path):
     run.save_config(make_config(Toy), seed=1)
     cfg = json.loads((run.path / "config.json").read_text())
     assert cfg["config"]["regime"] == "uniform" and cfg["seed"] == 1 and "torch" in cfg["versions"]
+
+
+def test_parse_override_reads_yaml_values():
+    import argparse
+
+    from nbmodule.config import parse_override
+
+    assert parse_override("steps=500") == ("steps", 500)
+    assert parse_override("tasks=[seg, depth]") == ("tasks", ["seg", "depth"])
+    assert parse_override("name=a=b") == ("name", "a=b")
+    with pytest.raises(argparse.ArgumentTypeError, match="key=value"):
+        parse_override("steps")

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from .paths import DatasetNotFoundError, dataset_dir
 
-__all__ = ["TASKS", "IGNORE_INDEX", "NYUDv2", "detect_layout", "load_label13_png", "resize_sample",
+__all__ = ["TASKS", "IGNORE_INDEX", "NYUDv2", "detect_layout", "load_label13_png", "resize_sample", "finish_sample",
            "num_classes_of"]
 
 TASKS = ("seg", "depth", "normals", "edges")
@@ -88,6 +88,16 @@ def resize_sample(sample: dict[str, torch.Tensor], size: tuple[int, int]) -> dic
     return out
 
 
+def finish_sample(sample: dict[str, torch.Tensor], size: tuple[int, int] | None) -> dict[str, torch.Tensor]:
+    """Resize a loaded sample (when ``size``) and add the masks of invalid depth (0) and normals (zero vectors)."""
+    if size:
+        sample = resize_sample(sample, size)
+    if "depth" in sample:
+        sample["depth_mask"] = sample["depth"] > 0
+    if "normals" in sample:
+        sample["normals"], sample["normals_mask"] = _masked_normals(sample["normals"])
+    return sample
+
 class NYUDv2(Dataset):
     """NYU-v2 (or synthetic scenes written in its layout) as a map-style dataset of task dicts.
 
@@ -132,13 +142,8 @@ class NYUDv2(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        sample = self._load_nyud_mt(index) if self.layout == "nyud_mt" else self._load_mtan(index)
-        if self.size:
-            sample = resize_sample(sample, self.size)
-        if "depth" in sample:
-            sample["depth_mask"] = sample["depth"] > 0
-        if "normals" in sample:
-            sample["normals"], sample["normals_mask"] = _masked_normals(sample["normals"])
+        sample = finish_sample(self._load_nyud_mt(index) if self.layout == "nyud_mt" else self._load_mtan(index),
+                               self.size)
         if self._cache is not None:
             self._cache[index] = sample
         return sample

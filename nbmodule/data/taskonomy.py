@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .nyuv2 import IGNORE_INDEX, TASKS, _masked_normals, resize_sample
+from .nyuv2 import IGNORE_INDEX, TASKS, finish_sample
 from .paths import DatasetNotFoundError, dataset_dir
 
 __all__ = ["Taskonomy", "NUM_CLASSES", "DEPTH_UNIT"]
@@ -93,12 +93,7 @@ class Taskonomy(Dataset):
         if "edges" in self.tasks:
             e = _png(self._file(b, stem, "edge_texture")).astype(np.float32) / 65535.0
             s["edges"] = torch.from_numpy((e >= self.edge_threshold).astype(np.float32))[None]
-        if self.size:
-            s = resize_sample(s, self.size)
-        if "depth" in s:
-            s["depth_mask"] = s["depth"] > 0
-        if "normals" in s:
-            s["normals"], s["normals_mask"] = _masked_normals(s["normals"])
+        s = finish_sample(s, self.size)
         if self._cache is not None:
             self._cache[index] = s
         return s

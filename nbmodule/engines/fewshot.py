@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..config import Config, load_config
+from ..config import Config, load_config, parse_override
 from ..data.fewshot import (FewShotSplit, LakeRuns, episode_to_float, load_lake_runs, miniimagenet_splits,
                             omniglot_splits)
 from ..data.paths import dataset_dir
@@ -446,12 +446,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--set", action="append", default=[], help="field=value overrides")
+    ap.add_argument("--set", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
+                    help="field=value overrides")
     args = ap.parse_args(argv)
-    import yaml
-
-    overrides = dict((kv.split("=", 1)[0], yaml.safe_load(kv.split("=", 1)[1])) for kv in args.set)
-    cfg = load_config(FewShotConfig, args.config, **overrides)
+    cfg = load_config(FewShotConfig, args.config, **dict(args.set))
     ctx = setup("05_maml_fewshot", seed=args.seed, device=args.device, out=args.out, data=args.data)
     folder = prepare_data(cfg, ctx.data, seed=args.seed)
     splits = load_splits(cfg, folder, device=ctx.device)

@@ -54,10 +54,9 @@ from typing import Any, Callable, Literal, Optional, Sequence
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import yaml
 from pydantic import Field, field_validator
 
-from ..config import Config, load_config, make_config
+from ..config import Config, load_config, make_config, parse_override
 from ..data.sinusoid import evaluation_tasks, get_family, make_tasks, sinusoid
 from ..meta import REGIMES, finetune_curve, forward, meta_loss, sample_tasks
 from ..meta.maml import adapt
@@ -422,19 +421,12 @@ def plot_examples(run_dir: str | Path, regimes: Sequence[str] | None = None):
     return fig
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"override {text!r} must look like key=value")
-    key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, float | None]:
     from ..env import pick_device, runs_root, set_threads
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, help="a YAML under configs/maml_sampling/ (default: base settings)")
-    ap.add_argument("-o", "--override", action="append", type=_parse_override, default=[], metavar="KEY=VALUE")
+    ap.add_argument("-o", "--override", action="append", type=parse_override, default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default="", help="run root (default: $NBM_RUNS or runs/)")
     ap.add_argument("--name", default="04_maml_sampling", help="run folder name under the run root")
     ap.add_argument("--device", default="auto")

@@ -315,8 +315,12 @@ class _Phase:
         self.run = run.sub("phases").sub(name)
         self.name = name
 
-    def done(self) -> dict | None:
-        return self.run.load_checkpoint("final")
+    def resume(self, model: nn.Module) -> dict | None:
+        """The finished phase's state, loaded into ``model``; None when the phase has not finished."""
+        final = self.run.load_checkpoint("final")
+        if final is not None:
+            model.load_state_dict(final["model"])
+        return final
 
     def finish(self, model: nn.Module, curve: list, train_rows: list, extra: Mapping[str, Any]) -> dict:
         state = {"model": model.state_dict(), "spec": model.spec(), "curve": curve, "train_rows": train_rows, **extra}
@@ -336,9 +340,8 @@ def train_dense(cfg: MTMLConfig, run: RunDir, phase: str, model: nn.Module, task
     ``run/phases/<phase>``. With ``curve_task``, ``val_data`` is scored on that task's primary metric at step 0
     and every ``eval_every`` steps. Returns the model and the final state (``curve``, ``train_rows``, ``train_s``)."""
     ph = _Phase(run, phase)
-    final = ph.done()
+    final = ph.resume(model)
     if final is not None:
-        model.load_state_dict(final["model"])
         return model, final
     model.to(device).train()
     params = list(trainable) if trainable is not None else list(model.parameters())
@@ -439,9 +442,8 @@ def meta_train(cfg: MTMLConfig, run: RunDir, phase: str, model: nn.Module, tasks
                device: torch.device, seed: int = 0, progress: bool = True) -> tuple[nn.Module, dict]:
     """Meta multi-task training (see the module docstring) for ``cfg.meta_steps`` outer steps."""
     ph = _Phase(run, phase)
-    final = ph.done()
+    final = ph.resume(model)
     if final is not None:
-        model.load_state_dict(final["model"])
         return model, final
     model.to(device).train()
     subsets = task_subsets(tasks, cfg.min_subset)
