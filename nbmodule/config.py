@@ -1,23 +1,27 @@
-"""Typed, validated experiment configs.
+"""Typed, validated experiment configs whose values live in YAML only.
 
-Every engine takes one config object. The notebooks' ``parameters`` cell holds plain values; the next cell
-turns them into a config with :func:`make_config`, so a mistyped or out-of-range value fails *before* any
-training, with a message naming the field and the allowed values. YAML files under ``configs/`` use the
-same field names (load them with :func:`load_config`), so the CLI and the notebooks run the same
-experiments.
+Every study's values are in ``nbmodule/configs/<study>/*.yaml`` (shipped inside the package, so a notebook
+opened from Colab finds them after a plain ``pip install``): ``default.yaml`` holds every field, the other
+files start with ``base: default.yaml`` (or another file) and change a few. The pydantic class holds the
+types and bounds, never a value: :meth:`StudyConfig.from_values` starts from ``default.yaml``.
 
-pydantic does the validation (types, ``Literal`` choices, bounds); this module only gives every config the
-same strictness (unknown fields rejected) and turns pydantic's report into one readable error.
+A mistyped or out-of-range value fails *before* any training, with one message naming where it came from
+(a YAML path, an override ``key=value``, the notebook's parameters cell), the field and what is allowed.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, ClassVar, Iterable, Mapping, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["Config", "ConfigError", "make_config", "load_config", "load_yaml", "parse_override", "pick"]
+__all__ = ["Config", "StudyConfig", "ConfigError", "CONFIG_ROOT", "config_path", "list_configs", "make_config",
+           "load_config", "load_yaml", "parse_override", "parse_overrides", "pick"]
+
+#: Where the studies' YAML configs live (inside the installed package).
+CONFIG_ROOT = Path(__file__).with_name("configs")
 
 
 class ConfigError(ValueError):
@@ -25,13 +29,49 @@ class ConfigError(ValueError):
 
 
 class Config(BaseModel):
-    """Base class of every experiment config: unknown fields are errors, assignments are validated."""
+    """Base class of every config: unknown fields are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (for the run folder's ``config.json``)."""
         return self.model_dump(mode="json")
+
+
+class StudyConfig(Config):
+    """A study's config: its fields have no defaults in Python, they come from ``configs/<STUDY>/default.yaml``.
+
+    ``RESUMABLE``: fields that may grow when a run is continued (an iteration budget): a run folder made with
+    a smaller value resumes. ``NEUTRAL``: fields that never change results (logging, checkpoint periods),
+    free to differ on resume. Any other difference between a run folder and the current config is refused.
+    """
+
+    STUDY: ClassVar[str] = ""
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset()
+    NEUTRAL: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every field's default, from ``configs/<STUDY>/default.yaml``."""
+        if not cls.STUDY:
+            raise ConfigError(f"{cls.__name__} names no STUDY, so it has no default.yaml")
+        return dict(_cached_yaml(str(config_path(cls.STUDY, "default"))))
+
+    @classmethod
+    def from_values(cls: type[C], values: Mapping[str, Any] | None = None, *, source: str = "parameters") -> C:
+        """``default.yaml`` updated with ``values``; :class:`ConfigError` names ``source`` on bad input."""
+        return make_config(cls, {**cls.defaults(), **dict(values or {})}, source=source)
+
+    @classmethod
+    def from_file(cls: type[C], path: str | Path, overrides: Mapping[str, Any] | None = None,
+                  *, override_source: str = "command line") -> C:
+        """A YAML file of this study (a path, or a name in its config folder) over ``default.yaml``, then
+        ``overrides``. Errors in the file name the file; errors in an override name the override."""
+        path = config_path(cls.STUDY, path)
+        file_values = load_yaml(path)
+        base = {**cls.defaults(), **file_values}
+        make_config(cls, base, source=str(path))  # the file alone must be valid: blame it, not the override
+        return make_config(cls, {**base, **dict(overrides or {})}, source=override_source)
 
 
 C = TypeVar("C", bound=Config)
@@ -44,6 +84,8 @@ def _format_errors(cls: type[Config], err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             known = ", ".join(sorted(cls.model_fields))
             lines.append(f"  - unknown field {field!r} (known fields: {known})")
+        elif e["type"] == "missing":
+            lines.append(f"  - field {field!r} is missing (every field needs a value; see the study's default.yaml)")
         else:
             lines.append(f"  - field {field!r}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
@@ -53,8 +95,7 @@ def make_config(cls: type[C], values: Mapping[str, Any] | None = None, *, source
                 **overrides: Any) -> C:
     """Build ``cls`` from ``values`` updated with ``overrides``; raise :class:`ConfigError` on bad input.
 
-    ``source`` names where the values came from (a YAML path, "parameters cell") for the message.
-    Keys present in ``values`` but not fields of ``cls`` are rejected, not ignored.
+    No defaults are added: use :meth:`StudyConfig.from_values` for a study's config.
     """
     merged = {**dict(values or {}), **overrides}
     try:
@@ -63,11 +104,41 @@ def make_config(cls: type[C], values: Mapping[str, Any] | None = None, *, source
         raise ConfigError(_format_errors(cls, err, source)) from None
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def config_path(study: str, name: str | Path) -> Path:
+    """A config file: an existing path as given, else ``<name>[.yaml]`` in the study's config folder."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    folder = CONFIG_ROOT / study
+    for candidate in (folder / path.name, folder / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(list_configs(study)) or "none"
+    raise ConfigError(f"config {str(name)!r} not found: neither a file nor a config of study {study!r} "
+                      f"(its configs in {folder}: {known})")
+
+
+def list_configs(study: str) -> list[str]:
+    """Names of the study's YAML configs (without ``.yaml``), ``default`` first."""
+    folder = CONFIG_ROOT / study
+    names = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    return sorted(names, key=lambda n: (n != "default", n))
+
+
+@lru_cache(maxsize=None)
+def _cached_yaml(path: str) -> dict[str, Any]:
+    return load_yaml(path)
+
+
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping, following an optional ``base:`` key (a path relative to the file) first."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, resolved))
+        raise ConfigError(f"config file {path}: its base: chain loops ({cycle})")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -76,24 +147,43 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must hold a mapping of field: value, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is not None:
-        data = {**load_yaml(path.parent / base), **data}
+        data = {**load_yaml(path.parent / str(base), (*_chain, resolved)), **data}
     return data
 
 
 def load_config(cls: type[C], path: str | Path, **overrides: Any) -> C:
-    """Load a YAML config file (with its ``base:`` chain) into ``cls``, then apply ``overrides``."""
+    """Load a YAML file into ``cls`` (over the study's ``default.yaml`` for a :class:`StudyConfig`)."""
+    if isinstance(cls, type) and issubclass(cls, StudyConfig) and cls.STUDY:
+        return cls.from_file(path, overrides)
     return make_config(cls, load_yaml(path), source=str(path), **overrides)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``"key=value"`` from a command line -> ``(key, value)``, the value read as YAML (``3``, ``0.1``,
-    ``true``, ``[a, b]``); an ``argparse`` ``type=`` for every CLI's ``-o key=value``."""
-    import argparse
-
+    ``true``, ``[a, b]``); :class:`ConfigError` names the override when it cannot be read."""
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+        raise ConfigError(f"override {text!r}: expected key=value (e.g. meta_iterations=500)")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: the key before '=' is empty")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value {value!r} is not valid YAML ({msg}); "
+                          "lists are written [a, b], strings with spaces in quotes") from None
+
+
+def parse_overrides(texts: Iterable[str]) -> dict[str, Any]:
+    """Several ``key=value`` overrides; a key given twice is an error (which one should win?)."""
+    out: dict[str, Any] = {}
+    for text in texts:
+        key, value = parse_override(text)
+        if key in out:
+            raise ConfigError(f"override {key!r} is given twice")
+        out[key] = value
+    return out
 
 
 def pick(values: Mapping[str, Any], cls: type[Config]) -> dict[str, Any]:

@@ -1,15 +1,18 @@
 """The papermill runner: execute the numbered notebooks in order under a profile.
 
-    python -m nbmodule.suite --profile {smoke,cpu,gpu} [--only 02,04] [--out DIR]
+    python -m nbmodule.suite --profile {smoke,cpu,gpu,gpu-dry} [--only 02,04] [--out DIR]
                              [-p name value ...] [-y YAML] [--notebooks DIR]
 
-Profiles live in ``nbmodule/profiles.yaml``. Before anything runs, every selected notebook is checked: it must
+Profiles live in ``nbmodule/profiles.yaml`` (see :mod:`nbmodule.profiles`: a study notebook gets every field of
+its config, resolved from a config file plus overrides, exactly what ``python -m nbmodule run <study> --profile``
+runs). Before anything runs, every selected notebook is checked: it must
 have exactly one cell tagged ``parameters`` (papermill alone would silently let the notebook's defaults win)
 and must declare every name the profile injects; a ``-p`` name must be declared by at least one selected
 notebook. Each notebook runs in its own ``python3`` kernel (this environment's), with ``notebooks/`` as the
 working directory; a failure is recorded and the next notebook still runs. ``DIR`` receives the executed
-notebooks, each notebook's run folder ``DIR/<stem>/`` and ``summary.json``; the exit status is 1 when any
-notebook failed, and the failing cell's source and traceback are printed.
+notebooks, each notebook's run folder ``DIR/<stem>/`` and ``summary.json`` (the latest result of every notebook
+ever run into ``DIR``, merged and written atomically); the exit status is 1 when a notebook of this invocation
+failed, and the failing cell's source and traceback are printed. ``DIR`` is checked to be writable first.
 """
 from __future__ import annotations
 
@@ -28,19 +31,21 @@ from typing import Any, Sequence
 import nbformat
 import yaml
 
+from .config import ConfigError
 from .env import REPO_ROOT, runs_root
+from .profiles import PROFILE_NAMES, PROFILES, load_profiles, notebook_parameters, suite_settings
 from .progress import progress_bar
-from .runs import versions
+from .runs import _read_json, atomic_write_text, versions
+from .config import pick
+from .studies import check_writable, study_for_notebook
 
-__all__ = ["PROFILES", "SuiteError", "NotebookResult", "load_profiles", "profile_parameters", "find_notebooks",
+__all__ = ["PROFILES", "PROFILE_NAMES", "SuiteError", "NotebookResult", "load_profiles", "find_notebooks",
            "declared_parameters", "plan", "run_suite", "main"]
 
-PROFILES = Path(__file__).with_name("profiles.yaml")
-PROFILE_NAMES = ("smoke", "cpu", "gpu")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-class SuiteError(ValueError):
+class SuiteError(ConfigError):
     """A problem found before any notebook runs (bad profile, missing parameters cell, unknown name)."""
 
 
@@ -54,31 +59,14 @@ class NotebookResult:
     error: str | None = None
     traceback: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    profile: str = ""
+    finished: str = ""
 
 
 def default_notebooks_dir() -> Path:
     if REPO_ROOT is not None and (REPO_ROOT / "notebooks").is_dir():
         return REPO_ROOT / "notebooks"
     return Path.cwd() / "notebooks"
-
-
-def load_profiles(path: str | Path = PROFILES) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise SuiteError(f"{path}: expected a mapping of notebook stem -> profile -> parameters")
-    for key, block in data.items():
-        if not isinstance(block, dict) or not set(block) <= set(PROFILE_NAMES):
-            raise SuiteError(f"{path}: block {key!r} must map profile names {PROFILE_NAMES} to parameter dicts")
-    return data
-
-
-def profile_parameters(profiles: dict[str, Any], profile: str, stem: str) -> dict[str, Any]:
-    """Parameters for one notebook under one profile: ``_all`` first, then the notebook's own block."""
-    if profile not in PROFILE_NAMES:
-        raise SuiteError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_NAMES)}")
-    params = dict((profiles.get("_all") or {}).get(profile) or {})
-    params.update((profiles.get(stem) or {}).get(profile) or {})
-    return params
 
 
 def find_notebooks(folder: str | Path, only: Sequence[str] = ()) -> list[Path]:
@@ -142,7 +130,11 @@ def plan(notebooks: Sequence[Path], profile: str, profiles: dict[str, Any], user
         except SuiteError as err:
             problems.append(str(err))
             continue
-        params = profile_parameters(profiles, profile, nb.stem)
+        try:
+            params = notebook_parameters(profiles, profile, nb.stem)
+        except ConfigError as err:
+            problems.append(f"{nb}: {err}")
+            continue
         unknown = sorted(set(params) - set(declared))
         if unknown:
             problems.append(f"{nb}: profile {profile!r} injects {', '.join(unknown)}, which the notebook's "
@@ -153,6 +145,12 @@ def plan(notebooks: Sequence[Path], profile: str, profiles: dict[str, Any], user
                 used.add(name)
         if "out" in declared and "out" not in user_params:
             params["out"] = str(out)
+        study = study_for_notebook(nb.stem)
+        if study is not None:  # a -p value the config refuses fails now, not after the notebooks before it ran
+            try:
+                study.config_class.from_values(pick(params, study.config_class), source=f"-p/-y for {nb.stem}")
+            except ConfigError as err:
+                problems.append(str(err))
         result.append((nb, params))
     unused = sorted(set(user_params) - used)
     if unused:
@@ -217,42 +215,68 @@ def _export_report(output: Path, run_dir: Path) -> str | None:
     return str(dest)
 
 
+def _merge_summary(path: Path, summary: dict[str, Any], result: dict[str, Any]) -> None:
+    """Keep the latest result of every notebook ever run into this folder; write atomically."""
+    by_name = {r["notebook"]: r for r in summary["results"]}
+    by_name[result["notebook"]] = result
+    summary["results"] = [by_name[k] for k in sorted(by_name)]
+    summary["failed"] = [r["notebook"] for r in summary["results"] if r["status"] != "ok"]
+    summary["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    atomic_write_text(path, json.dumps(summary, indent=2, default=str))
+
+
+def _previous_summary(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    try:
+        old = _read_json(path)
+    except ConfigError as err:
+        print(f"[suite] warning: {err}; starting a new summary", file=sys.stderr)
+        return []
+    return [r for r in old.get("results", []) if isinstance(r, dict) and "notebook" in r]
+
+
 def run_suite(profile: str = "cpu", *, only: Sequence[str] = (), out: str | Path | None = None,
               params: dict[str, Any] | None = None, notebooks_dir: str | Path | None = None,
               profiles_path: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the suite and return the summary (also written to ``<out>/summary.json``)."""
+    """Run the suite; return the summary (also in ``<out>/summary.json``) with ``this_run``: the notebooks
+    run now and ``this_run_failed``: those of them that failed."""
     profiles = load_profiles(profiles_path or PROFILES)
     out = Path(out).expanduser().resolve() if out else runs_root() / profile
     folder = Path(notebooks_dir).resolve() if notebooks_dir else default_notebooks_dir()
     books = find_notebooks(folder, only)
     jobs = plan(books, profile, profiles, dict(params or {}), out)
-    out.mkdir(parents=True, exist_ok=True)
-    suite_cfg = (profiles.get("_suite") or {}).get(profile) or {}
-    timeout = suite_cfg.get("execution_timeout")
+    try:
+        check_writable(out)
+    except ConfigError as err:
+        raise SuiteError(str(err)) from None
+    timeout = suite_settings(profiles, profile).get("execution_timeout")
     # The venv's own kernelspec first, whatever user-level "python3" kernelspec may exist.
     os.environ["JUPYTER_PATH"] = os.pathsep.join(
         [str(Path(sys.prefix) / "share" / "jupyter"), os.environ.get("JUPYTER_PATH", "")]).strip(os.pathsep)
-    summary: dict[str, Any] = {"profile": profile, "out": str(out), "notebooks_dir": str(folder),
-                               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions(),
-                               "results": []}
+    path = out / "summary.json"
+    summary: dict[str, Any] = {"out": str(out), "notebooks_dir": str(folder), "versions": versions(),
+                               "results": _previous_summary(path)}
+    this_run: list[str] = []
+    failed_now: list[str] = []
     bar = progress_bar(jobs, desc=f"suite[{profile}]", enabled=progress, unit="nb")
     for nb, nb_params in bar:
         bar.set_postfix_str(nb.stem)
         output = out / nb.name
         result = _run_one(nb, nb_params, output, folder, timeout)
+        result.profile, result.finished = profile, time.strftime("%Y-%m-%dT%H:%M:%S")
         if result.status == "ok" and nb.stem.startswith("06"):
             summary["report"] = _export_report(output, out / nb.stem)
-        summary["results"].append(asdict(result))
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        this_run.append(nb.stem)
+        if result.status != "ok":
+            failed_now.append(nb.stem)
+        _merge_summary(path, summary, asdict(result))
         mark = "ok" if result.status == "ok" else "FAILED"
         print(f"[suite] {nb.stem}: {mark} in {result.seconds:.1f} s", flush=True)
         if result.status != "ok":
             print(f"[suite] {nb.stem} failed at cell {result.error_cell}: {result.error}\n"
                   f"{result.traceback or ''}\n[suite] executed notebook: {output}", file=sys.stderr, flush=True)
-    summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    summary["failed"] = [r["notebook"] for r in summary["results"] if r["status"] != "ok"]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return summary
+    return {**summary, "this_run": this_run, "this_run_failed": failed_now}
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -274,10 +298,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     params: dict[str, Any] = {}
     for text in args.parameters_yaml:
-        source = Path(text).read_text() if Path(text).is_file() else text
-        loaded = yaml.safe_load(source)
+        if Path(text).is_file():
+            source = Path(text).read_text()
+        elif text.rstrip().endswith((".yaml", ".yml")) and "\n" not in text and ":" not in text:
+            print(f"error: -y {text}: no such file", file=sys.stderr)
+            return 2
+        else:
+            source = text
+        try:
+            loaded = yaml.safe_load(source)
+        except yaml.YAMLError as err:
+            print(f"error: -y {text!r} is not valid YAML: {str(err).splitlines()[0]}", file=sys.stderr)
+            return 2
         if not isinstance(loaded, dict):
-            print(f"error: -y {text!r} is not a YAML mapping", file=sys.stderr)
+            print(f"error: -y {text!r} is not a YAML mapping of name: value", file=sys.stderr)
             return 2
         params.update(loaded)
     for name, value in args.parameters:
@@ -285,13 +319,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = run_suite(args.profile, only=args.only.split(",") if args.only else (), out=args.out,
                             params=params, notebooks_dir=args.notebooks, progress=not args.no_progress)
-    except SuiteError as err:
+    except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    ok = sum(r["status"] == "ok" for r in summary["results"])
-    print(f"[suite] {ok}/{len(summary['results'])} notebooks succeeded; results in {summary['out']} "
+    ok = len(summary["this_run"]) - len(summary["this_run_failed"])
+    print(f"[suite] {ok}/{len(summary['this_run'])} notebooks succeeded; results in {summary['out']} "
           f"(summary.json, executed notebooks, one run folder per notebook)")
-    return 1 if summary["failed"] else 0
+    return 1 if summary["this_run_failed"] else 0
 
 
 if __name__ == "__main__":

@@ -88,19 +88,28 @@ def test_checkpoint_roundtrip_and_config_snapshot(tmp_path):
     assert state["step"] == 5 and torch.equal(state["w"], torch.ones(2))
     g2 = torch.Generator(); g2.set_state(state["rng"])
     assert torch.equal(torch.rand(3, generator=g2), torch.rand(3, generator=gen))
-    assert not list((run.path / "checkpoints").glob("*.tmp"))  # atomic write leaves no temp file
+    assert not list((run.path / "checkpoints").glob(".*"))  # atomic write leaves no temp file
     run.save_config(make_config(Toy), seed=1)
     cfg = json.loads((run.path / "config.json").read_text())
     assert cfg["config"]["regime"] == "uniform" and cfg["seed"] == 1 and "torch" in cfg["versions"]
 
 
-def test_parse_override_reads_yaml_values():
-    import argparse
-
-    from nbmodule.config import parse_override
+def test_parse_override_reads_yaml_values_and_blames_the_override():
+    from nbmodule.config import parse_override, parse_overrides
 
     assert parse_override("steps=500") == ("steps", 500)
     assert parse_override("tasks=[seg, depth]") == ("tasks", ["seg", "depth"])
     assert parse_override("name=a=b") == ("name", "a=b")
-    with pytest.raises(argparse.ArgumentTypeError, match="key=value"):
+    with pytest.raises(ConfigError, match="key=value"):
         parse_override("steps")
+    with pytest.raises(ConfigError, match=r"override 'n_way=\[5'.*not valid YAML"):
+        parse_override("n_way=[5")
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_overrides(["a=1", "a=2"])
+
+
+def test_a_base_cycle_is_an_error_not_a_recursion(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nlr: 1\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nsteps: 2\n")
+    with pytest.raises(ConfigError, match=r"base: chain loops.*a\.yaml.*b\.yaml.*a\.yaml"):
+        load_config(Toy, tmp_path / "a.yaml")

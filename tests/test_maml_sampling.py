@@ -4,20 +4,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
 import torch
 
-from nbmodule.config import ConfigError, load_config, make_config
-from nbmodule.engines.maml_sampling import MamlSamplingConfig, plot_examples, plot_queue_heatmaps, run_study, train_regime
+from nbmodule.config import ConfigError
+from nbmodule.engines.maml_sampling import MamlSamplingConfig, run_study, train_regime
 from nbmodule.meta import REGIMES
 from nbmodule.runs import RunDir
-
-REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "configs" / "maml_sampling"
-CONTRACT = ["family", "regimes", "k_shot", "inner_steps", "inner_lr", "meta_lr", "meta_batch_size",
-            "meta_iterations", "seeds"]
+from nbmodule.viz.maml_sampling import plot_examples, plot_queue_heatmaps
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,34 +22,31 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _tiny(**kw) -> MamlSamplingConfig:
     base = dict(regimes=["uniform", "importance_weighted"], meta_iterations=12, meta_batch_size=5, eval_every=6,
                 eval_points=5, heldout_tasks=20, log_every=3, checkpoint_every=4, queue_snapshots=3, hidden=[16, 16])
-    return make_config(MamlSamplingConfig, {**base, **kw})
+    return MamlSamplingConfig.from_values({**base, "seeds": [0], **kw})
 
 
 def test_config_rejects_bad_values_with_the_field_name():
     with pytest.raises(ConfigError, match="regimes"):
-        make_config(MamlSamplingConfig, {"regimes": ["uniform", "greedy"]})
+        MamlSamplingConfig.from_values({"regimes": ["uniform", "greedy"]})
     with pytest.raises(ConfigError, match="unknown field 'meta_iters'"):
-        make_config(MamlSamplingConfig, {"meta_iters": 5})
+        MamlSamplingConfig.from_values({"meta_iters": 5})
     with pytest.raises(ConfigError, match="inner_lr"):
-        make_config(MamlSamplingConfig, {"inner_lr": -0.1})
+        MamlSamplingConfig.from_values({"inner_lr": -0.1})
     with pytest.raises(ConfigError, match="family"):
-        make_config(MamlSamplingConfig, {"family": "4d"})
+        MamlSamplingConfig.from_values({"family": "4d"})
+    with pytest.raises(ConfigError, match="hidden.0"):  # a zero-width network would train until killed
+        MamlSamplingConfig.from_values({"hidden": [0]})
+    with pytest.raises(ConfigError, match="seeds"):
+        MamlSamplingConfig.from_values({"seeds": [0, 0]})
 
 
-def test_yaml_configs_and_notebook_parameters_share_the_fields():
-    fields = set(MamlSamplingConfig.model_fields)
+def test_the_seed_settings_come_from_gpu_yaml():
     for regime in REGIMES:
-        cfg = load_config(MamlSamplingConfig, CONFIGS / f"{regime}.yaml")
+        cfg = MamlSamplingConfig.from_file(regime)
         assert cfg.regimes == [regime]
-        assert cfg.meta_lr == 0.01 and cfg.meta_iterations == 50000  # the seed's settings, from base.yaml
-    paper = load_config(MamlSamplingConfig, CONFIGS / "paper.yaml")
+        assert cfg.meta_lr == 0.01 and cfg.meta_iterations == 50000 and cfg.seeds == [0, 1, 2]
+    paper = MamlSamplingConfig.from_file("paper")
     assert paper.meta_lr == 1e-3 and paper.meta_iterations == 70000 and paper.regimes == ["uniform"]
-    nb = nbformat.read(REPO / "notebooks" / "04_maml_sampling.ipynb", 4)
-    src = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    declared = {line.split("=")[0].strip() for line in src.splitlines() if "=" in line and not line.startswith("#")}
-    assert set(CONTRACT) <= declared
-    study_params = declared - {"seed", "device", "out", "data", "mount_drive", "progress", "threads"}
-    assert study_params <= fields
 
 
 def test_run_study_writes_the_run_folder(tmp_path):
@@ -114,13 +106,14 @@ def test_interrupted_run_resumes_to_the_same_numbers(tmp_path):
     interrupted = RunDir(tmp_path, "interrupted")
     with pytest.raises(Stop):
         run_study(cfg, interrupted, progress=False, callback=interrupt)
-    ckpt = interrupted.load_checkpoint("delta_s0")
-    assert ckpt["state"]["iteration"] == 8 and not ckpt["done"]
-    assert interrupted.load_checkpoint("epsilon_greedy_s0")["done"]
+    ck = interrupted.checkpointer("delta_s0")
+    assert ck.load() is not None and ck.step == 8 and not ck.done
+    done = interrupted.checkpointer("epsilon_greedy_s0")
+    assert "result" in done.load() and done.done
     resumed_from = []
     resumed = run_study(cfg, interrupted, progress=False, callback=lambda r, s, it: resumed_from.append((r, it)))
     assert resumed_from[0] == ("delta", 9)  # finished regime skipped, the other continued after its checkpoint
-    numbers = [k for k in ref if not k.endswith("_s_per_iteration")]
+    numbers = [k for k in ref if not k.endswith("_s_per_iter")]
     assert {k: ref[k] for k in numbers} == {k: resumed[k] for k in numbers}
     a = pd.read_csv(tmp_path / "straight" / "curves" / "train.csv")
     b = pd.read_csv(tmp_path / "interrupted" / "curves" / "train.csv")
@@ -128,7 +121,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(tmp_path):
     qa = json.loads((tmp_path / "straight" / "queues.json").read_text())
     qb = json.loads((tmp_path / "interrupted" / "queues.json").read_text())
     assert qa == qb
-    wa = torch.load(tmp_path / "straight" / "checkpoints" / "delta_s0.pt", weights_only=False)["model"]
+    wa = RunDir(tmp_path, "straight").load_checkpoint("delta_s0")["model"]
     wb = interrupted.load_checkpoint("delta_s0")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 

@@ -111,3 +111,38 @@ def test_real_profiles_file_is_consistent():
         suite.plan(books, profile, profiles, {}, Path("/tmp/unused"))
     assert {b.stem for b in books} >= {"00_data", "01_models", "02_sequential_replay", "03_mtml",
                                        "04_maml_sampling", "05_maml_fewshot", "06_results"}
+
+
+def test_summary_keeps_the_history_of_other_notebooks(books, tmp_path):
+    """Re-running --only 03 into the same folder keeps 02's failure on record (latest result per notebook)."""
+    folder, profiles = books
+    out = tmp_path / "o5"
+    suite.run_suite("smoke", out=out, notebooks_dir=folder, profiles_path=profiles, progress=False)
+    again = suite.run_suite("smoke", only=["03"], out=out, notebooks_dir=folder, profiles_path=profiles,
+                            progress=False)
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert [r["notebook"] for r in on_disk["results"]] == ["01_first", "02_fails", "03_third"]
+    assert on_disk["failed"] == ["02_fails"] and again["this_run"] == ["03_third"] and not again["this_run_failed"]
+    assert all(r["finished"] and r["profile"] == "smoke" for r in on_disk["results"])
+    assert not list(out.glob(".summary.json*"))  # written atomically
+
+
+def test_an_unwritable_out_fails_before_any_notebook_runs(books, tmp_path, capsys, monkeypatch):
+    folder, profiles = books
+    monkeypatch.setattr(suite, "PROFILES", profiles)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert suite.main(["--profile", "smoke", "--out", str(blocker / "out"), "--notebooks", str(folder),
+                       "--no-progress"]) == 2
+    assert "cannot write to" in capsys.readouterr().err
+    assert not (folder.parent / "01_first").exists()
+
+
+@pytest.mark.parametrize("arg, message", [("missing.yaml", "missing.yaml: no such file"),
+                                          ("[1, 2]", "not a YAML mapping"), ("a: [1", "not valid YAML")])
+def test_bad_parameter_yaml_is_one_error_line(books, capsys, monkeypatch, arg, message):
+    folder, profiles = books
+    monkeypatch.setattr(suite, "PROFILES", profiles)
+    assert suite.main(["--profile", "smoke", "--notebooks", str(folder), "-y", arg]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: -y") and message in err[0]

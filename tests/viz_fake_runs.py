@@ -47,7 +47,7 @@ def make_fake_runs(root: Path, seeds: int = 3, steps: int = 20) -> Path:
             value = 3.0 if k == 0 else 0.3 + 0.05 * i - (0.2 if k == 10 else 0)
             metrics.update({f"{reg}_mse_{k}step": value, f"{reg}_mse_{k}step_ci95": 0.02,
                             f"{reg}_heldout_mse_{k}step": value + 0.01, f"{reg}_heldout_mse_{k}step_ci95": None})
-        metrics[f"{reg}_s_per_iteration"] = 0.01
+        metrics[f"{reg}_s_per_iter"] = 0.01
     maml.write_metrics(metrics)
 
     # 02: stage table (long), per-stage loss curve, contract metrics

@@ -1,7 +1,7 @@
-"""Task-weighted MAML on sinusoid regression: meta-train one MLP per (sampling regime, seed) and evaluate it.
+"""Task-weighted MAML on sinusoid regression (study ``maml_sampling``, notebook 04): meta-train one MLP per
+(sampling regime, seed) and evaluate it.
 
-    python -m nbmodule.engines.maml_sampling --config configs/maml_sampling/weighted.yaml --out runs \\
-        [-o meta_iterations=2000 -o seeds=[0,1]] [--device auto]
+    python -m nbmodule run maml_sampling --config weighted [meta_iterations=2000 seeds=[0,1]] [--out runs]
 
 Each (regime, seed) meta-trains ``mlp`` (1-40-40-1, ReLU) with :func:`nbmodule.meta.meta_loss`, drawing
 ``meta_batch_size`` tasks per iteration with :func:`nbmodule.meta.sample_tasks` from a
@@ -12,15 +12,15 @@ fixed test grid and on the held-out tasks. A checkpoint per (regime, seed) holds
 queue, the task generator's state and the logged rows, so a re-run with the same run folder continues where
 an interrupted one stopped and ends with the same numbers.
 
-Run folder (``<out>/04_maml_sampling/`` from the notebook, or ``--out``/``--name`` from the CLI):
+Run folder (``<out>/04_maml_sampling/`` from either door):
 
 ``config.json``
-    the config, device, versions.
+    the study, the config, device, versions.
 ``metrics.json``
     per regime (mean over seeds; ``_ci95``: half-width of the normal 95% interval over seeds, null with
     one seed): ``{regime}_mse_0step``, ``{regime}_mse_1step``, ``{regime}_mse_10step`` (test grid),
     ``{regime}_heldout_mse_1step``, ``{regime}_heldout_mse_10step`` (600 held-out tasks), each with a
-    ``_ci95`` companion; ``{regime}_s_per_iteration`` (training wall time per meta-iteration).
+    ``_ci95`` companion; ``{regime}_s_per_iter`` (training wall time per meta-iteration).
 ``curves/train.csv``
     ``run`` (regime), ``seed``, ``step`` (meta-iteration), ``train_loss`` (mean post-adaptation query loss
     of the training tasks since the previous row), ``weighted_loss`` (the meta-loss actually optimised,
@@ -41,69 +41,75 @@ Run folder (``<out>/04_maml_sampling/`` from the notebook, or ``--out``/``--name
     ``{"x": [...], "tasks": [{"params", "support_x", "support_y", "truth", "pred_0", "pred_1", "pred_S"}]}``
     per regime (first seed): regressions of a low, a medium and a high amplitude task.
 ``checkpoints/{regime}_s{seed}.pt``
-    resume state; ``done`` marks a finished pair, whose results are reused on a re-run.
+    resume state (:class:`nbmodule.runs.Checkpointer`); a finished pair's results are reused on a re-run.
+
+The figures are in :mod:`nbmodule.viz.maml_sampling`.
 """
 from __future__ import annotations
 
-import argparse
+import json
 import math
 import time
-from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Annotated, Any, Callable, ClassVar, Literal, Optional, Sequence
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from ..config import Config, load_config, make_config, parse_override
+from ..config import StudyConfig
 from ..data.sinusoid import evaluation_tasks, get_family, make_tasks, sinusoid
 from ..meta import REGIMES, finetune_curve, forward, meta_loss, sample_tasks
 from ..meta.maml import adapt
 from ..metrics import mean_confidence_interval
 from ..models.mlp import mlp
 from ..progress import progress_bar
-from ..runs import RunDir
+from ..runs import RunContext, RunDir, atomic_write_text
 
-__all__ = ["MamlSamplingConfig", "train_regime", "run_study", "summarise", "plot_queue_heatmaps", "plot_examples", "main"]
+__all__ = ["NAME", "Config", "MamlSamplingConfig", "train_regime", "run", "run_study", "summarise"]
+
+NAME = "maml_sampling"
 
 Regime = Literal["uniform", "epsilon_greedy", "weighted", "importance_weighted", "delta", "importance_delta"]
 GRID_SEED, HELDOUT_POINTS_SEED = 1234, 4321  # fixed evaluation points: every regime and seed sees the same
 
 
-class MamlSamplingConfig(Config):
-    """Settings of the task-weighted MAML study (the notebook's parameters cell, the YAML files)."""
+class MamlSamplingConfig(StudyConfig):
+    """Settings of the task-weighted MAML study; values in ``nbmodule/configs/maml_sampling/*.yaml``."""
 
-    family: Literal["2d", "3d"] = "2d"                 # sinusoid family: amplitude+phase, or + frequency
-    regimes: list[Regime] = list(REGIMES)              # sampling regimes to train, each its own models
-    k_shot: int = Field(10, gt=0)                      # support points per task (K)
-    k_query: int = Field(10, gt=0)                     # query points per training task
-    inner_steps: int = Field(1, ge=1)                  # inner gradient steps during meta-training
-    inner_lr: float = Field(0.01, gt=0)                # inner step size (training and fine-tuning)
-    first_order: bool = False                          # FOMAML instead of second-order MAML
-    meta_lr: float = Field(1e-3, gt=0)                 # Adam learning rate of the meta-update
-    meta_batch_size: int = Field(25, gt=0)             # tasks per meta-iteration
-    meta_iterations: int = Field(70000, gt=0)          # meta-iterations per (regime, seed)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # one model per seed and regime
-    hidden: list[int] = Field(default_factory=lambda: [40, 40], min_length=1)  # MLP hidden widths
-    eval_every: int = Field(1000, gt=0)                # test-grid / held-out evaluation period (iterations)
-    eval_steps: int = Field(10, ge=1)                  # fine-tuning steps at evaluation
-    eval_points: int = Field(100, gt=0)                # fresh query points per evaluation task
-    heldout_tasks: int = Field(600, gt=0)              # held-out tasks drawn uniformly (fixed seed)
-    log_every: int = Field(100, gt=0)                  # training-loss row period (iterations)
-    checkpoint_every: int = Field(1000, gt=0)          # checkpoint period (iterations)
-    queue_snapshots: int = Field(4, ge=1)              # priority-queue heatmaps kept (evenly spaced, incl. 0)
-    queue_init_scale: float = Field(1.0, gt=0)         # cells start uniform in [0.5, 1.5) * this
-    epsilon_start: float = Field(1.0, ge=0, le=1)      # epsilon-greedy: exploration probability at first
-    epsilon_final: float = Field(0.1, ge=0, le=1)      # ... after annealing
-    epsilon_anneal_start: int = Field(0, ge=0)         # ... constant until this iteration
-    epsilon_anneal_steps: Optional[int] = Field(None, gt=0)  # ... linear over this many (None: half the run)
+    STUDY: ClassVar[str] = NAME
+    NEUTRAL: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
 
-    @field_validator("regimes")
+    family: Literal["2d", "3d"]                        # sinusoid family: amplitude+phase, or + frequency
+    regimes: list[Regime]                              # sampling regimes to train, each its own models
+    k_shot: int = Field(gt=0)                          # support points per task (K)
+    k_query: int = Field(gt=0)                         # query points per training task
+    inner_steps: int = Field(ge=1)                     # inner gradient steps during meta-training
+    inner_lr: float = Field(gt=0)                      # inner step size (training and fine-tuning)
+    first_order: bool                                  # FOMAML instead of second-order MAML
+    meta_lr: float = Field(gt=0)                       # Adam learning rate of the meta-update
+    meta_batch_size: int = Field(gt=0)                 # tasks per meta-iteration
+    meta_iterations: int = Field(gt=0)                 # meta-iterations per (regime, seed)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)  # one model per seed and regime
+    hidden: list[Annotated[int, Field(gt=0, le=4096)]] = Field(min_length=1, max_length=8)  # MLP widths
+    eval_every: int = Field(gt=0)                      # test-grid / held-out evaluation period (iterations)
+    eval_steps: int = Field(ge=1)                      # fine-tuning steps at evaluation
+    eval_points: int = Field(gt=0)                     # fresh query points per evaluation task
+    heldout_tasks: int = Field(gt=0)                   # held-out tasks drawn uniformly (fixed seed)
+    log_every: int = Field(gt=0)                       # training-loss row period (iterations)
+    checkpoint_every: int = Field(gt=0)                # checkpoint period (iterations)
+    queue_snapshots: int = Field(ge=1)                 # priority-queue heatmaps kept (evenly spaced, incl. 0)
+    queue_init_scale: float = Field(gt=0)              # cells start uniform in [0.5, 1.5) * this
+    epsilon_start: float = Field(ge=0, le=1)           # epsilon-greedy: exploration probability at first
+    epsilon_final: float = Field(ge=0, le=1)           # ... after annealing
+    epsilon_anneal_start: int = Field(ge=0)            # ... constant until this iteration
+    epsilon_anneal_steps: Optional[int] = Field(gt=0)  # ... linear over this many (None: half the run)
+
+    @field_validator("regimes", "seeds")
     @classmethod
-    def _distinct(cls, v: list[str]) -> list[str]:
+    def _distinct(cls, v: list) -> list:
         if not v or len(set(v)) != len(v):
-            raise ValueError(f"regimes must be a non-empty list without repeats, got {v}")
+            raise ValueError(f"must be a non-empty list without repeats, got {v}")
         return v
 
     def epsilon(self) -> dict[str, float]:
@@ -170,6 +176,11 @@ def _examples(model: torch.nn.Module, cfg: MamlSamplingConfig, device: torch.dev
     return {"x": x.tolist(), "steps": [0, 1, cfg.eval_steps], "tasks": tasks}
 
 
+def _pair_config(cfg: MamlSamplingConfig) -> dict[str, Any]:
+    """What one (regime, seed) checkpoint depends on: the config without the lists of regimes and seeds."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("regimes", "seeds")}
+
+
 def train_regime(cfg: MamlSamplingConfig, regime: str, seed: int, run: RunDir, *, device: torch.device | str = "cpu",
                  bar: Any = None, callback: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Meta-train and evaluate one (regime, seed); resumes from ``checkpoints/{regime}_s{seed}.pt``.
@@ -180,27 +191,26 @@ def train_regime(cfg: MamlSamplingConfig, regime: str, seed: int, run: RunDir, *
     """
     device = torch.device(device)
     family = get_family(cfg.family)
-    name = f"{regime}_s{seed}"
     model = _build(cfg, seed, device)
     params = dict(model.named_parameters())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.meta_lr)
     gen = torch.Generator().manual_seed(10_007 * seed + 17)
     queue = family.make_queue(gen, cfg.queue_init_scale)
-    state: dict[str, Any] = {"iteration": 0, "train_rows": [], "test_rows": [], "snapshots": [], "seconds": 0.0,
-                             "acc": [0.0, 0.0, 0]}
-    ckpt = run.load_checkpoint(name)
-    if ckpt is not None:
-        if ckpt.get("done"):
+    state: dict[str, Any] = {"train_rows": [], "test_rows": [], "snapshots": [], "seconds": 0.0, "acc": [0.0, 0.0, 0]}
+    ck = run.checkpointer(f"{regime}_s{seed}", config=_pair_config(cfg), neutral=cfg.NEUTRAL)
+    saved = ck.load()
+    if saved is not None:
+        if ck.done and "result" in saved:
             if bar is not None:
                 bar.update(cfg.meta_iterations)
-            return ckpt["result"]
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        queue.load_state_dict(ckpt["queue"])
-        gen.set_state(ckpt["generator"])
-        state = ckpt["state"]
-        if bar is not None:
-            bar.update(state["iteration"])
+            return saved["result"]
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        queue.load_state_dict(saved["queue"])
+        gen.set_state(saved["generator"])
+        state = saved["state"]
+    if bar is not None:
+        bar.update(ck.step)
 
     sets = _eval_sets(cfg, device)
     snap_at = set(_snapshot_steps(cfg))
@@ -211,12 +221,18 @@ def train_regime(cfg: MamlSamplingConfig, regime: str, seed: int, run: RunDir, *
     def snapshot(step: int) -> None:
         state["snapshots"].append({"step": step, "losses": queue.losses.tolist(), "counts": queue.counts.tolist()})
 
-    if state["iteration"] == 0 and 0 in snap_at and not state["snapshots"]:
+    def checkpoint_state() -> dict[str, Any]:
+        state["seconds"] += time.perf_counter() - clock[0]
+        clock[0] = time.perf_counter()
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "queue": queue.state_dict(),
+                "generator": gen.get_state(), "state": state}
+
+    if ck.step == 0 and 0 in snap_at and not state["snapshots"]:
         snapshot(0)
-    start_it = state["iteration"]
+    start_it = ck.step
     last_eval: dict[str, torch.Tensor] | None = None
-    t0 = time.perf_counter()
-    for it in range(start_it + 1, cfg.meta_iterations + 1):
+    clock = [time.perf_counter()]
+    for it in ck.steps(cfg.meta_iterations, every=cfg.checkpoint_every, state=checkpoint_state):
         draw = sample_tasks(regime, queue, cfg.meta_batch_size, generator=gen, step=it, epsilon=eps_kw)
         tasks = make_tasks(draw.params, cfg.k_shot, cfg.k_query, gen, x_range=family.x_range, device=device)
         weights = draw.weights.to(device=device, dtype=torch.float32) if importance else None
@@ -243,25 +259,17 @@ def train_regime(cfg: MamlSamplingConfig, regime: str, seed: int, run: RunDir, *
             state["test_rows"].append(_test_row(regime, seed, it, last_eval, s))
         if it in snap_at:
             snapshot(it)
-        state["iteration"] = it
-        if it % cfg.checkpoint_every == 0 and it != cfg.meta_iterations:
-            state["seconds"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            run.save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                 "queue": queue.state_dict(), "generator": gen.get_state(), "state": state,
-                                 "done": False}, name)
         if bar is not None:
             bar.update(1)
         if callback is not None:
             callback(it)
-    state["seconds"] += time.perf_counter() - t0
 
     # the loop's last iteration evaluated the final model already (unless the loop had nothing left to run)
     final = last_eval if last_eval is not None else _evaluate(model, cfg, sets)
     result = {"train_rows": state["train_rows"], "test_rows": state["test_rows"], "grid": final["grid"],
               "heldout": final["heldout"], "snapshots": state["snapshots"], "examples": _examples(model, cfg, device),
               "seconds": state["seconds"], "iterations_run": cfg.meta_iterations - start_it}
-    run.save_checkpoint({"model": model.state_dict(), "done": True, "result": result}, name)
+    ck.save({**checkpoint_state(), "result": result}, step=cfg.meta_iterations, done=True)
     return result
 
 
@@ -278,7 +286,7 @@ def summarise(cfg: MamlSamplingConfig, results: dict[tuple[str, int], dict[str, 
             metrics[f"{regime}_{key}"] = mean
             metrics[f"{regime}_{key}_ci95"] = None if math.isnan(ci) else ci
         its = sum(cfg.meta_iterations for _ in rs)
-        metrics[f"{regime}_s_per_iteration"] = sum(r["seconds"] for r in rs) / its
+        metrics[f"{regime}_s_per_iter"] = sum(r["seconds"] for r in rs) / its
     return metrics
 
 
@@ -294,12 +302,7 @@ def _rounded(obj: Any, digits: int = 6) -> Any:
 
 def _write_compact(run: RunDir, name: str, obj: Any) -> None:
     """Large JSON (grids of numbers): 6 significant digits, no indentation, non-finite as null."""
-    import json
-    import os
-
-    tmp = run.path / f".{name}.tmp"
-    tmp.write_text(json.dumps(_rounded(obj), separators=(",", ":")))
-    os.replace(tmp, run.path / name)
+    atomic_write_text(run.path / name, json.dumps(_rounded(obj), separators=(",", ":")))
 
 
 def run_study(cfg: MamlSamplingConfig, run: RunDir, *, device: torch.device | str = "cpu", progress: bool = True,
@@ -307,7 +310,6 @@ def run_study(cfg: MamlSamplingConfig, run: RunDir, *, device: torch.device | st
     """Train every (regime, seed) of ``cfg`` (resuming finished or checkpointed ones), write the run folder
     files listed in this module's docstring and return the metrics."""
     device = torch.device(device)
-    run.save_config(cfg, device=str(device))
     family = get_family(cfg.family)
     results: dict[tuple[str, int], dict[str, Any]] = {}
     total = len(cfg.regimes) * len(cfg.seeds) * cfg.meta_iterations
@@ -331,7 +333,7 @@ def run_study(cfg: MamlSamplingConfig, run: RunDir, *, device: torch.device | st
             row.update({"mse_1step": float(losses[task, 1]), f"mse_{cfg.eval_steps}step": float(losses[task, -1]),
                         "mse_0step": float(losses[task, 0])})
             rows.append(row)
-    pd.DataFrame(rows).to_csv(run.path / "parameter_space.csv", index=False)
+    atomic_write_text(run.path / "parameter_space.csv", pd.DataFrame(rows).to_csv(index=False))
     _write_compact(run, "grid_losses.json", {
         "param_names": list(family.param_names), "params": family.test_grid().tolist(), "steps": cfg.eval_steps,
         "losses": {r: {str(sd): results[(r, sd)]["grid"].tolist() for sd in cfg.seeds} for r in cfg.regimes}})
@@ -346,103 +348,9 @@ def run_study(cfg: MamlSamplingConfig, run: RunDir, *, device: torch.device | st
     return metrics
 
 
-# --- figures drawn from the run folder (queues.json, examples.json) --------------------------------------
-def plot_queue_heatmaps(run_dir: str | Path, regimes: Sequence[str] | None = None, seed: int | None = None,
-                        value: str = "losses"):
-    """The priority queue (``value``: "losses" or "counts") as amplitude x phase heatmaps: one row per regime,
-    one column per snapshot (3D: mean over frequency). Returns a matplotlib Figure."""
-    import json
-
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    data = json.loads((Path(run_dir) / "queues.json").read_text())
-    snaps = data["snapshots"]
-    regimes = [r for r in (regimes or list(snaps)) if r in snaps]
-    ncols = max(len(next(iter(snaps[r].values()))) for r in regimes)
-    fig, axes = plt.subplots(len(regimes), ncols, figsize=(2.8 * ncols, 2.3 * len(regimes)), squeeze=False)
-    fig.subplots_adjust(hspace=0.45, wspace=0.25)
-    lo, hi = data["low"], data["high"]
-    extent = (math.degrees(lo[1]), math.degrees(hi[1]), lo[0], hi[0])
-    for i, r in enumerate(regimes):
-        runs = snaps[r]
-        shots = runs[str(seed)] if seed is not None else next(iter(runs.values()))
-        for j in range(ncols):
-            ax = axes[i, j]
-            if j >= len(shots):
-                ax.set_visible(False)
-                continue
-            grid = np.asarray(shots[j][value], dtype=float)
-            if grid.ndim == 3:
-                grid = grid.mean(axis=2)
-            im = ax.imshow(grid, origin="lower", aspect="auto", extent=extent, cmap="viridis")
-            ax.set_title(f"{r}, iteration {shots[j]['step']}", fontsize=7)
-            ax.tick_params(labelsize=7)
-            if j == 0:
-                ax.set_ylabel("amplitude", fontsize=8)
-            if i == len(regimes) - 1:
-                ax.set_xlabel("phase (degrees)", fontsize=8)
-        fig.colorbar(im, ax=list(axes[i]), shrink=0.9, pad=0.01)
-    fig.suptitle(f"priority queue ({value}: latest post-adaptation loss per cell)" if value == "losses"
-                 else f"priority queue ({value})", fontsize=10)
-    return fig
+def run(cfg: MamlSamplingConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, float | None]:
+    """The study's entry point (both doors: notebook 04 and ``python -m nbmodule run maml_sampling``)."""
+    return run_study(cfg, run_dir, device=ctx.device, progress=ctx.progress)
 
 
-def plot_examples(run_dir: str | Path, regimes: Sequence[str] | None = None):
-    """Example regressions (low, medium, high amplitude): ground truth, K support points, the meta-learned
-    model before adaptation and after 1 and ``eval_steps`` steps. One row per regime (default: uniform and
-    the first other regime present)."""
-    import json
-
-    import matplotlib.pyplot as plt
-
-    data = json.loads((Path(run_dir) / "examples.json").read_text())
-    if regimes is None:
-        regimes = ([r for r in data if r == "uniform"] + [r for r in data if r != "uniform"])[:2]
-    regimes = [r for r in regimes if r in data]
-    ntask = max(len(data[r]["tasks"]) for r in regimes)
-    fig, axes = plt.subplots(len(regimes), ntask, figsize=(4.0 * ntask, 2.8 * len(regimes)), squeeze=False)
-    fig.subplots_adjust(hspace=0.35)
-    for i, r in enumerate(regimes):
-        ex = data[r]
-        x = ex["x"]
-        for j, task in enumerate(ex["tasks"]):
-            ax = axes[i, j]
-            ax.plot(x, task["truth"], color="k", linewidth=2, label="ground truth")
-            for s, style in zip(ex["steps"], (":", "--", "-")):
-                label = "pre-update" if s == 0 else f"after {s} step{'s' if s > 1 else ''}"
-                ax.plot(x, task[f"pred_{s}"], linestyle=style, linewidth=1.5, label=label)
-            ax.scatter(task["support_x"], task["support_y"], color="red", s=18, zorder=3, label="K support points")
-            ax.set_title(f"{r}: amplitude {task['params'][0]:.1f}", fontsize=9)
-            ax.tick_params(labelsize=7)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
-    return fig
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, float | None]:
-    from ..env import pick_device, runs_root, set_threads
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", type=Path, help="a YAML under configs/maml_sampling/ (default: base settings)")
-    ap.add_argument("-o", "--override", action="append", type=parse_override, default=[], metavar="KEY=VALUE")
-    ap.add_argument("--out", default="", help="run root (default: $NBM_RUNS or runs/)")
-    ap.add_argument("--name", default="04_maml_sampling", help="run folder name under the run root")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    set_threads(args.threads or None)
-    overrides = dict(args.override)
-    cfg = (load_config(MamlSamplingConfig, args.config, **overrides) if args.config
-           else make_config(MamlSamplingConfig, overrides, source="command line"))
-    run = RunDir(runs_root(args.out or None), args.name)
-    metrics = run_study(cfg, run, device=pick_device(args.device), progress=not args.no_progress)
-    for k, v in metrics.items():
-        print(f"{k}: {v}")
-    return metrics
-
-
-if __name__ == "__main__":
-    main()
+Config = MamlSamplingConfig

@@ -1,25 +1,22 @@
 """Plots and the interactive explorer; everything here reads run folders, never live training objects.
 
 - :mod:`.rundata`: find run folders, read long-format curves, smooth and aggregate over seeds.
-- :mod:`.plots`: generic curve plots (mean over seeds with a band), PNG and HTML helpers.
-- :mod:`.studies`: each study's figures (replay, MTML, MAML sampling, few-shot, benchmarks).
+- :mod:`.plots`: generic curve plots (mean over seeds with a band), ``FigureSpec``, PNG and HTML helpers.
+- one module per study (:mod:`.replay`, :mod:`.mtml`, :mod:`.maml_sampling`, :mod:`.fewshot`, ...): its
+  figures (``FIGURES``) and tables; :mod:`.benchmarks`: the speed ratios of ``benchmarks/results.json``.
+- :mod:`.studies`: notebook 06's orchestration (``study_figures``, ``show_study``) over the registry.
 - :mod:`.explorer`: ``explore(runs_dir)``, the ipywidgets explorer.
 - :mod:`.report`: ``export_html``, the executed results notebook as a standalone HTML file.
 """
+from .benchmarks import benchmark_ratios, plot_benchmarks
 from .explorer import Explorer, explore
-from .plots import figure_png, plot_curves, table_html
+from .plots import FigureSpec, figure_png, plot_curves, table_html
 from .report import ResultsConfig, export_html
 from .rundata import aggregate_seeds, final_values, find_studies, overview, read_curves, smooth
-from .studies import (STUDIES, StudyReport, benchmark_ratios, fewshot_table, mtml_table, plot_benchmarks,
-                      plot_fewshot, plot_maml_curves, plot_maml_final, plot_maml_parameter_space,
-                      plot_mtml_heldout, plot_mtml_table, plot_replay_forgetting, plot_replay_stages,
-                      read_stage_table, show_study, study_figures)
+from .studies import StudyReport, find_study_dir, show_study, study_figures
 
 __all__ = [
-    "Explorer", "explore", "ResultsConfig", "export_html", "figure_png", "plot_curves", "table_html",
+    "Explorer", "explore", "ResultsConfig", "export_html", "FigureSpec", "figure_png", "plot_curves", "table_html",
     "aggregate_seeds", "final_values", "find_studies", "overview", "read_curves", "smooth",
-    "STUDIES", "StudyReport", "benchmark_ratios", "fewshot_table", "mtml_table", "plot_benchmarks",
-    "plot_fewshot", "plot_maml_curves", "plot_maml_final", "plot_maml_parameter_space", "plot_mtml_heldout",
-    "plot_mtml_table", "plot_replay_forgetting", "plot_replay_stages", "read_stage_table", "show_study",
-    "study_figures",
+    "benchmark_ratios", "plot_benchmarks", "StudyReport", "find_study_dir", "show_study", "study_figures",
 ]

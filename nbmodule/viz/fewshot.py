@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -16,6 +17,8 @@ import pandas as pd
 import torch
 
 from ..runs import read_curve
+from .plots import FigureSpec, new_figure, num as _num, when_present
+from .rundata import read_metrics_file
 
 __all__ = ["plot_fewshot_curves", "fewshot_table", "lake_table", "plot_episode"]
 
@@ -113,3 +116,77 @@ def plot_episode(xs: torch.Tensor, ys: torch.Tensor, xq: torch.Tensor, yq: torch
     fig.suptitle("one test episode: support set (top rows), queries with the adapted model's predictions")
     fig.tight_layout()
     return fig
+
+
+# --- moved from nbmodule/viz/studies.py (drawn by notebook 06) ------------------------------------
+def paper_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """Rows ``dataset, n_way, k_shot, acc, ci95, paper_acc, paper_ci95`` from ``{d}_{n}way_{k}shot_acc`` keys."""
+    pat = re.compile(r"^([a-z0-9]+)_(\d+)way_(\d+)shot_acc$")
+    rows = []
+    for key, value in metrics.items():
+        g = pat.match(key)
+        if not g:
+            continue
+        ds, n, k = g.group(1), int(g.group(2)), int(g.group(3))
+        paper = PAPER_BY_SETTING.get((ds, n, k), (float("nan"), float("nan")))
+        rows.append({"dataset": ds, "n_way": n, "k_shot": k, "acc": _num(value),
+                     "ci95": _num(metrics.get(f"{key}_ci95", metrics.get(key[:-4] + "_ci95"))),
+                     "paper_acc": paper[0], "paper_ci95": paper[1]})
+    df = pd.DataFrame(rows, columns=["dataset", "n_way", "k_shot", "acc", "ci95", "paper_acc", "paper_ci95"])
+    return df.sort_values(["dataset", "n_way", "k_shot"], ignore_index=True)
+
+
+def plot_fewshot(run_dir: str | Path) -> Figure | None:
+    """Accuracy with its 95% CI beside the MAML paper's number for each setting run; and the Lake et al.
+    one-shot error beside the human and BPL error rates when ``omniglot_lake20_error`` is present."""
+    m = read_metrics_file(run_dir)
+    table = paper_table(m)
+    lake = _num(m.get("omniglot_lake20_error"))
+    if table.empty and np.isnan(lake):
+        return None
+    has_lake = not np.isnan(lake)
+    ncols = int(not table.empty) + int(has_lake)
+    fig, axes = new_figure(7.0 if ncols == 1 else 11.0, 3.8, ncols=ncols,
+                           gridspec_kw={"width_ratios": [3, 1.3]} if ncols == 2 else None)
+    axes = list(np.atleast_1d(axes))
+    if not table.empty:
+        ax = axes.pop(0)
+        labels = [f"{r.dataset}\n{r.n_way}-way {r.k_shot}-shot" for r in table.itertuples()]
+        pos = np.arange(len(table))
+        w = 0.38
+        ours = ax.bar(pos - w / 2, table["acc"], w, yerr=table["ci95"].fillna(0), capsize=3, label="this run",
+                      color="tab:blue")
+        paper = ax.bar(pos + w / 2, table["paper_acc"], w, yerr=table["paper_ci95"].fillna(0), capsize=3,
+                       label="MAML paper", color="tab:orange", alpha=0.8)
+        ax.bar_label(ours, fmt="%.1f", fontsize=7, padding=2)
+        ax.bar_label(paper, fmt="%.1f", fontsize=7, padding=2)
+        chance = 100.0 / table["n_way"].to_numpy(dtype=float)
+        ax.scatter(pos - w / 2, chance, marker="_", s=300, color="black", label="chance", zorder=3)
+        ax.set_xticks(pos, labels, fontsize=8)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("test accuracy, % (95% CI)")
+        ax.set_title("few-shot accuracy against the MAML paper", fontsize=10)
+        ax.legend(fontsize=8, frameon=False, loc="lower right")
+        ax.grid(True, axis="y", alpha=0.3)
+    if has_lake:
+        ax = axes.pop(0)
+        names = ["this run", *LAKE]
+        vals = [lake, *LAKE.values()]
+        bars = ax.bar(names, vals, color=["tab:blue", "tab:green", "tab:purple"])
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_ylabel("error, %")
+        ax.set_title("Omniglot one-shot (Lake et al., 20 runs)", fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+#: Paper numbers by (dataset, n_way, k_shot), the same values as PAPER.
+PAPER_BY_SETTING = {(k.split("_")[0], int(k.split("_")[1][:-3]), int(k.split("_")[2][:-4])): v for k, v in PAPER.items()}
+
+#: Every figure of the study, saved by ``nbmodule.studies.execute`` into the run folder as ``<name>.png``.
+FIGURES = (
+    FigureSpec("fewshot_curves", when_present(plot_fewshot_curves, "curves/fewshot_train.csv"),
+               "curves/fewshot_train.csv, curves/fewshot_val.csv"),
+    FigureSpec("fewshot_accuracy", plot_fewshot,
+               "metrics.json keys {dataset}_{n}way_{k}shot_acc (+ _ci95) or omniglot_lake20_error"),
+)

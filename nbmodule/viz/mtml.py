@@ -9,6 +9,8 @@ from matplotlib.figure import Figure
 
 from ..metrics import DENSE_METRICS
 from ..runs import read_curve, read_metrics
+from .plots import FigureSpec, draw_curves, new_figure, num as _num, run_palette, when_present
+from .rundata import lower_is_better, metric_columns, read_curves, read_metrics_file, x_columns
 
 __all__ = ["metrics_table", "plot_heldout_curves", "plot_train_curves", "plot_examples", "ANCHORS_NYU13"]
 
@@ -124,3 +126,104 @@ def plot_examples(run: str | Path, index: int = 0) -> Figure:
             if r == 0:
                 axes[r, c].set_title(t)
     return fig
+
+
+# --- moved from nbmodule/viz/studies.py (drawn by notebook 06) ------------------------------------
+def mtml_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """Modes as rows, ``{task}_{metric}`` columns, then ``delta_m`` and ``steps_to_target`` if present."""
+    rows: dict[str, dict[str, float]] = {}
+    modes = sorted({k.split("_", 1)[0] for k in metrics if "_" in k},
+                   key=lambda s: (MODES.index(s) if s in MODES else len(MODES), s))
+    for mode in modes:
+        for key, value in metrics.items():
+            if not key.startswith(mode + "_"):
+                continue
+            rest = key[len(mode) + 1:]
+            if rest in ("delta_m", "steps_to_target") or rest.split("_", 1)[0] in TASKS:
+                rows.setdefault(mode, {})[rest] = _num(value)
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    first = sorted([c for c in df.columns if c not in ("delta_m", "steps_to_target")],
+                   key=lambda c: (TASKS.index(c.split("_", 1)[0]), c))
+    df = df[first + [c for c in ("delta_m", "steps_to_target") if c in df.columns]]
+    df.index.name = "mode"
+    return df
+
+
+def plot_mtml_table(run_dir: str | Path) -> Figure | None:
+    """Every task's metrics per mode with Δm (%), as an annotated table coloured per column."""
+    table = mtml_table(read_metrics_file(run_dir))
+    if table.empty:
+        return None
+    import seaborn as sns
+
+    # Colour each column on its own scale (metrics have different units), darker = better whichever way
+    # the metric points; annotate the raw values.
+    span = (table.max() - table.min()).replace(0, 1)
+    good = (table - table.min()) / span
+    for col in table.columns:
+        if lower_is_better(col):
+            good[col] = 1 - good[col]
+    labels = np.vectorize(lambda v: "–" if np.isnan(v) else f"{v:.3g}")(table.to_numpy(dtype=float))
+    fig, ax = new_figure(max(6.0, 1.05 * table.shape[1] + 1.5), 0.6 * table.shape[0] + 1.8)
+    sns.heatmap(good.astype(float).fillna(0.0), ax=ax, annot=labels, fmt="", cmap="Greens", cbar=False,
+                linewidths=0.5, vmin=-0.3, vmax=1.3, annot_kws={"fontsize": 8})
+    names = {"delta_m": "Δm, %", "steps_to_target": "steps to\ntarget"}
+    ax.set_xticklabels([names.get(c, c.replace("_", "\n", 1)) for c in table.columns], fontsize=7, rotation=0)
+    ax.set_yticklabels(table.index, rotation=0)
+    ax.set_ylabel("")
+    ax.set_title("per-task metrics by mode (darker = better in its column); Δm against single-task", fontsize=9)
+    return fig
+
+
+def _heldout_curve(run_dir: str | Path) -> tuple[str, pd.DataFrame] | None:
+    curves = read_curves(run_dir)
+    if not curves:
+        return None
+    for name, df in curves.items():  # a curve named for held-out fine-tuning first
+        if any(t in name for t in ("heldout", "held_out", "meta_test", "finetune", "fine_tune")) and x_columns(df):
+            return name, df
+    for name, df in curves.items():  # else one comparing at least two modes
+        if x_columns(df) and len(set(df["run"]) & set(MODES + ("scratch", "mtl_pretrained"))) >= 2:
+            return name, df
+    return None
+
+
+def plot_mtml_heldout(run_dir: str | Path) -> Figure | None:
+    """Held-out task metric against fine-tuning steps for each mode, with the single-task target and the
+    steps each mode needed to reach it (``{mode}_steps_to_target``) marked."""
+    found = _heldout_curve(run_dir)
+    if found is None:
+        return None
+    name, df = found
+    metrics = [c for c in metric_columns(df) if "loss" not in c] or metric_columns(df)
+    if not metrics:
+        return None
+    x = x_columns(df)[0]
+    m = read_metrics_file(run_dir)
+    panels = metrics[:2]
+    fig, axes = new_figure(6.2 * len(panels), 3.8, ncols=len(panels))
+    palette = run_palette(df["run"].unique())
+    for ax, metric in zip(np.atleast_1d(axes), panels):
+        draw_curves(ax, df, metric, x, palette=palette)
+        target = _num(m.get("heldout_target"))
+        if not np.isnan(target) and metric == panels[0]:
+            ax.axhline(target, color="black", linestyle="--", linewidth=1, label="single-task target")
+            ax.legend(fontsize=8, frameon=False)
+        for run in sorted(df["run"].unique()):
+            steps = _num(m.get(f"{run}_steps_to_target"))
+            if not np.isnan(steps):
+                ax.axvline(steps, color=palette[run], linestyle=":", linewidth=1.2)
+        ax.set_title(f"held-out task ({name}): {metric}; dotted = steps to target", fontsize=9)
+    return fig
+
+
+#: Every figure of the study, saved by ``nbmodule.studies.execute`` into the run folder as ``<name>.png``.
+FIGURES = (
+    FigureSpec("heldout_curves", when_present(plot_heldout_curves, "curves/heldout.csv"), "curves/heldout.csv"),
+    FigureSpec("train_curves", when_present(plot_train_curves, "curves/train.csv"), "curves/train.csv"),
+    FigureSpec("examples_0", when_present(plot_examples, "examples.pt"), "examples.pt"),
+    FigureSpec("mtml_table", plot_mtml_table, "metrics.json keys {mode}_{task}_{metric}, {mode}_delta_m"),
+    FigureSpec("mtml_heldout", plot_mtml_heldout, "a held-out-task curve in curves/ (run = mode, x = step)"),
+)

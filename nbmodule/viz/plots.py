@@ -6,7 +6,9 @@ back: a notebook shows a figure with ``display(fig)``, the explorer turns it int
 from __future__ import annotations
 
 import io
-from typing import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -14,7 +16,32 @@ from matplotlib.figure import Figure
 
 from .rundata import Smoothing, aggregate_seeds
 
-__all__ = ["new_figure", "run_palette", "plot_curves", "draw_curves", "figure_png", "table_html"]
+__all__ = ["FigureSpec", "when_present", "num", "new_figure", "run_palette", "plot_curves", "draw_curves", "figure_png", "table_html"]
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One figure of a study: ``draw(run_folder) -> Figure | None`` (None when the files it needs are
+    absent; ``needs`` says which, for the message)."""
+    name: str
+    draw: Callable[[Path], Figure | None]
+    needs: str
+
+
+def when_present(draw: Callable[[Path], Figure | None], *files: str) -> Callable[[Path], Figure | None]:
+    """``draw``, returning None instead when one of ``files`` (relative to the run folder) is absent."""
+    def guarded(run: Path) -> Figure | None:
+        return draw(run) if all((Path(run) / f).is_file() for f in files) else None
+    guarded.__doc__ = draw.__doc__
+    return guarded
+
+
+def num(v: Any) -> float:
+    """A metrics.json value as a float (None and non-numbers: NaN)."""
+    try:
+        return float(v) if v is not None else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def new_figure(width: float = 7.0, height: float = 4.0, nrows: int = 1, ncols: int = 1, **kw) -> tuple[Figure, object]:

@@ -13,6 +13,8 @@ import torch
 from matplotlib.figure import Figure
 
 from ..runs import read_metrics
+from .plots import FigureSpec, new_figure, num as _num, when_present
+from .rundata import read_metrics_file
 
 __all__ = ["stage_table", "drop_table", "plot_drops", "plot_loss_curves", "plot_metric_evolution", "plot_examples",
            "FORGETTING_LIMIT_PCT"]
@@ -187,3 +189,135 @@ def plot_drops(run_dir: str | Path) -> Figure:
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     return fig
+
+
+# --- moved from nbmodule/viz/studies.py (drawn by notebook 06) ------------------------------------
+def read_stage_table(run_dir: str | Path) -> pd.DataFrame | None:
+    """``stage_table.csv`` in long form: columns ``run, stage, task, value`` (``None`` when absent).
+
+    Accepts the long layout (columns ``stage``, ``task`` and a value column: ``value`` or the one numeric
+    column left) and the wide one (one row per stage, one column per task metric). ``run`` defaults to
+    ``replay``. Stage order is kept as first seen.
+    """
+    path = Path(run_dir) / "stage_table.csv"
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    if df.empty or "stage" not in df.columns:
+        return None
+    if "run" not in df.columns:
+        df["run"] = "replay"
+    df["run"] = df["run"].astype(str)
+    if "task" in df.columns:
+        if "value" not in df.columns:
+            nums = [c for c in df.columns if c not in ("run", "stage", "task", "seed")
+                    and pd.api.types.is_numeric_dtype(df[c])]
+            if not nums:
+                return None
+            df = df.rename(columns={nums[0]: "value"})
+        if "metric" in df.columns:  # name the task by its metric: "seg (miou)"
+            df["task"] = df["task"].astype(str) + " (" + df["metric"].astype(str) + ")"
+        long = df[["run", "stage", "task", "value"]].copy()
+    else:
+        keep = [c for c in df.columns if c not in ("run", "stage", "seed") and pd.api.types.is_numeric_dtype(df[c])]
+        long = df.melt(id_vars=["run", "stage"], value_vars=keep, var_name="task", value_name="value")
+    long["stage"] = long["stage"].astype(str)
+    long["task"] = long["task"].astype(str)
+    return long
+
+
+def _forgetting(long: pd.DataFrame) -> pd.DataFrame:
+    """Per run and task: drop (percent, relative) from the first stage the task was measured to the last."""
+    stages = list(dict.fromkeys(long["stage"]))
+    rows = []
+    for (run, task), g in long.dropna(subset=["value"]).groupby(["run", "task"], sort=False):
+        g = g.assign(order=g["stage"].map(stages.index)).sort_values("order")
+        own, last = float(g["value"].iloc[0]), float(g["value"].iloc[-1])
+        drop = 100.0 * (own - last) / abs(own) if own else float("nan")
+        rows.append({"run": run, "task": task, "own_stage": own, "final": last, "drop_pct": drop,
+                     "drop_points": own - last})
+    return pd.DataFrame(rows)
+
+
+def plot_replay_stages(run_dir: str | Path) -> Figure | None:
+    """Stage-by-task metric table per run as heatmaps, and the forgetting of every task as a heatmap."""
+    long = read_stage_table(run_dir)
+    if long is None or long.empty:
+        return None
+    import seaborn as sns
+
+    long = long[~long["run"].str.startswith("alone")]  # single-task runs: nothing to forget
+    if long.empty:
+        return None
+    runs = sorted(long["run"].unique(), key=lambda r: (r != "replay", r != "noreplay", r))
+    stages = list(dict.fromkeys(long["stage"]))
+    tasks = list(dict.fromkeys(long["task"]))
+    fig, axes = new_figure(4.2 * (len(runs) + 1), 0.9 + 0.55 * max(len(stages), len(runs)) + 1.2,
+                           ncols=len(runs) + 1)
+    axes = np.atleast_1d(axes)
+    vmin, vmax = float(long["value"].min()), float(long["value"].max())
+    for ax, run in zip(axes, runs):
+        table = long[long["run"] == run].pivot_table(index="stage", columns="task", values="value",
+                                                     aggfunc="mean", sort=False)
+        table = table.reindex(index=[s for s in stages if s in table.index], columns=tasks)
+        sns.heatmap(table, ax=ax, annot=True, fmt=".3g", cmap="viridis", cbar=False, linewidths=0.5,
+                    vmin=vmin, vmax=vmax, annot_kws={"fontsize": 8})  # one scale for all runs: comparable
+        ax.set_title(f"{run}: metric after each stage", fontsize=10)
+        ax.set_xlabel("task")
+        ax.set_ylabel("after stage")
+    forget = _forgetting(long)
+    drop = forget.pivot_table(index="run", columns="task", values="drop_pct", sort=False)
+    drop = drop.reindex(index=runs, columns=tasks)
+    # Centred on the limit: green within it, red beyond; saturates at 4x the limit so small drops stay visible.
+    lim = FORGETTING_LIMIT_PCT
+    sns.heatmap(drop, ax=axes[-1], annot=True, fmt=".1f", cmap="RdYlGn_r", center=lim, vmin=-2 * lim, vmax=4 * lim,
+                linewidths=0.5, cbar_kws={"label": "drop from own stage, % (relative)"}, annot_kws={"fontsize": 8})
+    axes[-1].set_title(f"forgetting, % (limit {FORGETTING_LIMIT_PCT:g}%)", fontsize=10)
+    axes[-1].set_xlabel("task")
+    axes[-1].set_ylabel("")
+    return fig
+
+
+def plot_replay_forgetting(run_dir: str | Path) -> Figure | None:
+    """Final metric and drop per task, replay against no replay, from ``metrics.json`` (5% limit drawn)."""
+    m = read_metrics_file(run_dir)
+    tasks = [t for t in _TASK_METRIC if f"{t}_drop_pct" in m or f"noreplay_{t}_drop_pct" in m]
+    if not tasks:
+        return None
+    fig, (ax_f, ax_d) = new_figure(10, 3.6, ncols=2)
+    variants = [(p, label, c) for p, label, c in (("", "replay", "tab:blue"), ("lwf_", "LwF", "tab:purple"),
+                                                   ("noreplay_", "no replay", "tab:gray"))
+                if any(f"{p}{t}_drop_pct" in m for t in tasks)]
+    width = 0.8 / len(variants)
+    pos = np.arange(len(tasks))
+    for i, (prefix, label, color) in enumerate(variants):
+        finals = [_num(m.get(f"{prefix}{_TASK_METRIC[t]}")) for t in tasks]
+        drops = [_num(m.get(f"{prefix}{t}_drop_pct")) for t in tasks]
+        offset = (i - (len(variants) - 1) / 2) * width
+        ax_f.bar(pos + offset, finals, width, label=label, color=color)
+        bars = ax_d.bar(pos + offset, drops, width, label=label, color=color)
+        ax_d.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax_d.axhline(FORGETTING_LIMIT_PCT, color="tab:red", linestyle="--", linewidth=1, label=f"{FORGETTING_LIMIT_PCT:g}% limit")
+    ax_f.set_xticks(pos, [_TASK_METRIC[t] for t in tasks])
+    ax_d.set_xticks(pos, [f"{t}_drop_pct" for t in tasks])
+    ax_f.set_title("final metric after the last stage", fontsize=10)
+    ax_d.set_title("forgetting: drop from own stage, %", fontsize=10)
+    extra = [f"{k}={m[k]:.4g}" for k in ("params", "latency_ms") if isinstance(m.get(k), (int, float))]
+    if extra:
+        ax_f.set_xlabel(", ".join(extra), fontsize=8)
+    for ax in (ax_f, ax_d):
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+#: Every figure of the study, saved by ``nbmodule.studies.execute`` into the run folder as ``<name>.png``.
+FIGURES = (
+    FigureSpec("drops", when_present(plot_drops, "stage_table.csv"), "stage_table.csv"),
+    FigureSpec("loss_curves", when_present(plot_loss_curves, "curves/loss.csv"), "curves/loss.csv"),
+    FigureSpec("metric_evolution", when_present(plot_metric_evolution, "curves/stage_metrics.csv"),
+               "curves/stage_metrics.csv"),
+    FigureSpec("examples", when_present(plot_examples, "examples.pt"), "examples.pt"),
+    FigureSpec("stage_table", plot_replay_stages, "stage_table.csv"),
+    FigureSpec("forgetting", plot_replay_forgetting, "metrics.json keys {seg,det,cls}_drop_pct"),
+)
