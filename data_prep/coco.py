@@ -15,12 +15,12 @@ it is the small official archive (815 MB, against 18 GB for train2017).
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ._shapes import SHAPES, background, class_colour, draw_shape, random_box, scale_sizes
+from .extract import confined, open_zip
 from .fetch import Mirror, RemoteFile
 from .registry import DatasetSpec
 
@@ -35,11 +35,34 @@ def _write_split(dest: Path, split: str, images: list[dict], anns: list[dict], c
     (dest / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(data))
 
 
+def _split_sizes(n_train: int, n_val: int, available: int) -> tuple[int, int]:
+    """``(n_train, n_val)`` as asked when enough images exist, else the same proportions of what exists
+    (at least one image in each split when there are two or more)."""
+    if available >= n_train + n_val:
+        return n_train, n_val
+    val = int(round(available * n_val / max(1, n_train + n_val)))
+    if available >= 2 and n_val > 0:
+        val = min(max(val, 1), available - 1)
+    return available - val, val
+
+
 def convert(files: dict[str, Path], dest: Path, n_train: int = 240, n_val: int = 60, seed: int = 0,
-            classes: tuple[str, ...] | list[str] = DEFAULT_CLASSES, keep_ids: bool = False, **_) -> None:
+            classes: tuple[str, ...] | list[str] = DEFAULT_CLASSES, keep_ids: bool = False) -> None:
+    """See the module docstring. A smaller source (a sample) is split in the asked proportions, with a
+    warning; every image path built from a JSON ``file_name`` goes through :func:`data_prep.extract.confined`."""
     dest = Path(dest)
-    with zipfile.ZipFile(files[ANN_ZIP]) as zf:
-        data = json.loads(zf.read("annotations/instances_val2017.json"))
+    ann_zip, img_zip = files[ANN_ZIP], files[IMAGES_ZIP]
+    with open_zip(ann_zip) as zf:
+        member = "annotations/instances_val2017.json"
+        if member not in zf.namelist():
+            raise ValueError(f"{ann_zip}: no {member} inside")
+        try:
+            data = json.loads(zf.read(member))
+        except ValueError as err:
+            raise ValueError(f"{ann_zip}: {member} is not valid JSON ({err})") from None
+    missing = [k for k in ("images", "annotations", "categories") if k not in data]
+    if missing:
+        raise ValueError(f"{ann_zip}: {member} lacks {', '.join(missing)} (not a COCO instances file)")
     by_name = {c["name"]: c for c in data["categories"]}
     unknown = [c for c in classes if c not in by_name]
     if unknown:
@@ -47,27 +70,37 @@ def convert(files: dict[str, Path], dest: Path, n_train: int = 240, n_val: int =
     new_id = {by_name[n]["id"]: (by_name[n]["id"] if keep_ids else i + 1) for i, n in enumerate(classes)}
     cats = [{**by_name[n], "id": new_id[by_name[n]["id"]]} for n in classes]
     anns = [a for a in data["annotations"] if a["category_id"] in new_id]
-    eligible = sorted({a["image_id"] for a in anns if not a.get("iscrowd", 0)})
-    rng = np.random.default_rng(seed)
-    n = min(n_train + n_val, len(eligible))
-    picked = [eligible[i] for i in rng.permutation(len(eligible))[:n]]
-    splits = {"train": sorted(picked[:min(n_train, n)]), "val": sorted(picked[min(n_train, n):])}
     images = {im["id"]: im for im in data["images"]}
-    info = {**data.get("info", {}), "description": f"mini COCO 2017 detection ({len(classes)} classes) from val2017"}
-    with zipfile.ZipFile(files[IMAGES_ZIP]) as zf:
+    with open_zip(img_zip) as zf:
+        names = set(zf.namelist())
+        eligible = sorted({a["image_id"] for a in anns if not a.get("iscrowd", 0)} & set(images))
+        have = [i for i in eligible if f"val2017/{images[i]['file_name']}" in names]
+        if len(have) < len(eligible):
+            print(f"[data_prep] coco: {len(eligible) - len(have)} annotated images are not in {img_zip.name}; skipped")
+        if not have:
+            raise ValueError(f"{img_zip}: none of the images with instances of {list(classes)} is inside")
+        tr, va = _split_sizes(n_train, n_val, len(have))
+        if (tr, va) != (n_train, n_val):
+            print(f"[data_prep] coco: {n_train}+{n_val} images asked for, {len(have)} available; using {tr}+{va}")
+        rng = np.random.default_rng(seed)
+        picked = [have[i] for i in rng.permutation(len(have))[:tr + va]]
+        splits = {"train": sorted(picked[:tr]), "val": sorted(picked[tr:])}
+        info = {**data.get("info", {}), "description": f"mini COCO 2017 detection ({len(classes)} classes) from val2017"}
         for split, ids in splits.items():
             folder = dest / f"{split}2017"
             folder.mkdir(parents=True, exist_ok=True)
             keep = set(ids)
             for i in ids:
                 name = images[i]["file_name"]
-                (folder / name).write_bytes(zf.read(f"val2017/{name}"))
+                out = confined(folder, name, what=f"{ann_zip.name} file_name")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(zf.read(f"val2017/{name}"))
             split_anns = [{**a, "category_id": new_id[a["category_id"]]} for a in anns if a["image_id"] in keep]
             _write_split(dest, split, [images[i] for i in ids], split_anns, cats, info)
 
 
 def synthesize(dest: Path, seed: int = 0, scale: str = "cpu", n_train: int | None = None,
-               n_val: int | None = None, image_size: int | None = None, **_) -> None:
+               n_val: int | None = None, image_size: int | None = None) -> None:
     """1-4 objects per image; class c in 0..9 fixes shape (c % 4) and hue; polygons as segmentation."""
     n_train, n_val, size = scale_sizes(scale, n_train, n_val, image_size)
     rng = np.random.default_rng(seed)

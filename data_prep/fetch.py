@@ -1,8 +1,11 @@
-"""Downloads: resumable HTTP(S), Google Drive through gdown, checksums, and mirrors tried in order.
+"""Downloads: local mirrors first (``NBM_MIRROR``), then the public mirrors in order; checksums; resume.
 
-A download is only trusted after its checksum matches; a partial file (``*.part``) is resumed with an HTTP
-Range request on the next try. Offline, the first connection fails within seconds and the error names the
-dataset, every URL tried with its reason, and the ``--synthetic`` alternative.
+A file is only trusted after its checksum matches: the published one, or, for a copy in a mirror that was
+repackaged (its checksum differs from the official one), a checksum listed in a file beside it
+(``SHA256SUMS``, ``MD5SUMS``, ``<file>.sha256``, ``<file>.md5``, in ``sha256sum`` format); the result says
+which one matched. A partial download (``*.part``) is resumed with an HTTP Range request on the next try.
+Offline, every host is probed once with a short timeout, so the whole search fails within seconds; the
+error names the dataset, every place tried with its reason, and the ``--synthetic`` alternative.
 """
 from __future__ import annotations
 
@@ -11,21 +14,29 @@ import os
 import shutil
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-__all__ = ["Mirror", "RemoteFile", "DownloadError", "ChecksumError", "file_hash", "verify", "fetch"]
+from .roots import mirror_roots
+
+__all__ = ["Mirror", "RemoteFile", "Fetched", "DownloadError", "ChecksumError", "file_hash", "verify",
+           "accept", "read_listing", "fetch", "fetch_file", "LISTINGS"]
 
 CHUNK = 1 << 20
+#: files beside an archive that may list its checksum (sha256sum / md5sum format)
+LISTINGS = ("SHA256SUMS", "MD5SUMS", "{name}.sha256", "{name}.md5")
+PROBE_TIMEOUT = 4.0
 
 
 class DownloadError(RuntimeError):
-    """No mirror of a file could be fetched; the message lists each URL and why it failed."""
+    """No mirror of a file could be fetched; the message lists each place tried and why it failed."""
 
 
 class ChecksumError(ValueError):
-    """A file's checksum differs from the published one."""
+    """A file's checksum differs from the published one (and from any listed beside it)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,18 @@ class RemoteFile:
         return "no published checksum"
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """A verified local file: ``path`` (used in place for a local mirror), ``origin`` ("cache",
+    "--source", "mirror <root>" or "<url>"), ``location`` (the file or URL read) and ``checksum`` (which
+    checksum matched, in words)."""
+
+    path: Path
+    origin: str
+    location: str
+    checksum: str
+
+
 def file_hash(path: str | Path, algorithm: str = "sha256") -> str:
     h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
@@ -82,16 +105,132 @@ def verify(path: str | Path, remote: RemoteFile) -> None:
             return
 
 
+# --- checksum listings beside a file ------------------------------------------------------------------
+def parse_listing(text: str, filename: str, source: str) -> list[tuple[str, str, str]]:
+    """``(algorithm, hex, source)`` entries of a sha256sum/md5sum-format text that name ``filename``
+    (a ``<file>.sha256`` holding only the hash counts too)."""
+    out = []
+    for line in text.splitlines():
+        bits = line.strip().split(None, 1)
+        if not bits or bits[0].startswith("#"):
+            continue
+        digest = bits[0].lower()
+        algo = {64: "sha256", 32: "md5"}.get(len(digest))
+        if algo is None or any(c not in "0123456789abcdef" for c in digest):
+            continue
+        name = bits[1].strip().lstrip("*") if len(bits) > 1 else None
+        if name is not None and name.removeprefix("./") != filename:
+            continue
+        if name is None and not source.endswith((f"{filename}.sha256", f"{filename}.md5")):
+            continue
+        out.append((algo, digest, source))
+    return out
+
+
+def read_listing(where: str | Path, filename: str, timeout: float = 10.0) -> list[tuple[str, str, str]]:
+    """Checksums listed for ``filename`` in the listing files of folder or URL prefix ``where``."""
+    out = []
+    for pattern in LISTINGS:
+        name = pattern.format(name=filename)
+        if isinstance(where, Path) or not str(where).startswith(("http://", "https://", "file://")):
+            path = Path(where) / name
+            if path.is_file():
+                try:
+                    out += parse_listing(path.read_text(errors="replace"), filename, str(path))
+                except OSError:
+                    continue
+        else:
+            url = f"{str(where).rstrip('/')}/{name}"
+            try:
+                req = urllib.request.Request(url, headers={"User-Agent": "nbmodule-data-prep/0.2"})
+                with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - user's mirror
+                    text = resp.read(1 << 20).decode(errors="replace")
+            except (urllib.error.URLError, OSError, ValueError):
+                continue
+            out += parse_listing(text, filename, url)
+    return out
+
+
+def accept(path: str | Path, remote: RemoteFile, listings: Sequence[tuple[str, str, str]] = (), *,
+           location: str | None = None, verify_checksums: bool = True) -> str:
+    """Check ``path`` against the official checksum, then against ``listings`` (from :func:`read_listing`).
+
+    Returns which checksum matched, in words; raises :class:`ChecksumError` naming the file, every
+    expected checksum with its source, and the file's own."""
+    where = location or str(path)
+    if not verify_checksums:
+        return "not verified (--no-verify)"
+    hashes: dict[str, str] = {}
+
+    def digest(algo: str) -> str:
+        if algo not in hashes:
+            hashes[algo] = file_hash(path, algo)
+        return hashes[algo]
+
+    official = [(a, e.lower()) for a, e in (("sha256", remote.sha256), ("md5", remote.md5)) if e]
+    for algo, expected in official:
+        if digest(algo) == expected:
+            return f"official {algo}"
+    for algo, expected, source in listings:
+        if digest(algo) == expected:
+            note = f"{algo} listed in {source}"
+            if official:
+                note += f" (the official {official[0][0]} {official[0][1]} differs)"
+            return note
+    if not official and not listings:
+        return f"no published checksum; sha256 {digest('sha256')}"
+    wanted = [f"official {a} {e}" for a, e in official] + [f"{a} {e} listed in {s}" for a, e, s in listings]
+    got = ", ".join(f"{a} {digest(a)}" for a in dict.fromkeys([a for a, _ in official] + [a for a, _, _ in listings]))
+    raise ChecksumError(f"checksum mismatch for {where}: expected {' or '.join(wanted)}; got {got}. "
+                        "The file is corrupt or not the one published.")
+
+
+# --- transport --------------------------------------------------------------------------------------------
+_PROBED: dict[tuple[str, int], str | None] = {}
+
+
+def _unreachable(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why ``url``'s host cannot be reached (DNS or TCP connect, probed once per process), or None."""
+    if url.startswith("gdrive://"):
+        host, port = "drive.google.com", 443
+    else:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return None
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    key = (host, port)
+    if key not in _PROBED:
+        try:
+            with socket.create_connection(key, timeout=timeout):
+                _PROBED[key] = None
+        except OSError as err:
+            _PROBED[key] = f"host {host}:{port} unreachable ({type(err).__name__}: {err})"
+    return _PROBED[key]
+
+
 def _http_download(url: str, part: Path, timeout: float) -> None:
     """Download ``url`` into ``part``, resuming from its current size when the server allows ranges."""
     start = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"User-Agent": "nbmodule-data-prep/0.1"})
+    req = urllib.request.Request(url, headers={"User-Agent": "nbmodule-data-prep/0.2"})
     if start:
         req.add_header("Range", f"bytes={start}-")
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - URLs come from our registry or the user
         mode = "ab" if start and resp.status == 206 else "wb"  # 200 on a ranged request: server restarts
-        with open(part, mode) as fh:
-            shutil.copyfileobj(resp, fh, CHUNK)
+        total = int(resp.headers.get("Content-Length") or 0)
+        bar = None
+        if total > 16 * CHUNK:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=part.name.removesuffix(".part"), leave=False)
+        try:
+            with open(part, mode) as fh:
+                for block in iter(lambda: resp.read(CHUNK), b""):
+                    fh.write(block)
+                    if bar is not None:
+                        bar.update(len(block))
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def _gdrive_download(file_id: str, part: Path) -> None:
@@ -102,41 +241,100 @@ def _gdrive_download(file_id: str, part: Path) -> None:
         raise DownloadError(f"gdown could not fetch Drive id {file_id} (quota exceeded or not shared?)")
 
 
-def fetch(remote: RemoteFile, dest_dir: str | Path, *, dataset: str, timeout: float = 20.0) -> Path:
-    """Return ``dest_dir/<filename>``, downloading it from the first mirror that works and verifying it.
+_NET_ERRORS = (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError, DownloadError,
+               RuntimeError)
 
-    A file already present and matching its checksum is reused (a local or Drive cache).
-    """
+
+def _listing_cache(target: Path, note: str, path: Path) -> None:
+    """Remember, beside a cached download accepted through a listing, the checksum that vouched for it."""
+    if " listed in " in note:
+        target.with_name(target.name + ".sha256").write_text(f"{file_hash(path)}  {target.name}\n")
+
+
+def fetch_file(remote: RemoteFile, dest_dir: str | Path, *, dataset: str, timeout: float = 20.0,
+               mirrors: Sequence[str] | None = None, verify_checksums: bool = True,
+               urls: Sequence[str] = ()) -> Fetched:
+    """A verified copy of ``remote``: the download cache ``dest_dir``, else the local mirrors (``mirrors``,
+    default ``$NBM_MIRROR``; ``<mirror>/<file>`` and ``<mirror>/<dataset>/<file>``; folders are used in
+    place), else ``urls`` (e.g. a ``--source`` URL) and the public mirrors, downloaded into ``dest_dir``."""
     dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    target = dest_dir / remote.filename
+    name = remote.filename
+    target = dest_dir / name
     if target.is_file():
-        verify(target, remote)
-        return target
-    part = target.with_name(target.name + ".part")
+        note = accept(target, remote, read_listing(dest_dir, name), verify_checksums=verify_checksums)
+        return Fetched(target, "cache", str(target), note)
     failures: list[str] = []
-    for mirror in remote.mirrors:
+    roots = mirror_roots() if mirrors is None else list(mirrors)
+    part = target.with_name(name + ".part")
+    for root in roots:
+        is_url = root.startswith(("http://", "https://", "file://"))
+        for prefix in (root.rstrip("/"), f"{root.rstrip('/')}/{dataset}") if is_url else (root, str(Path(root) / dataset)):
+            if not is_url:
+                cand = Path(prefix) / name
+                if not cand.is_file():
+                    continue
+                try:
+                    note = accept(cand, remote, read_listing(cand.parent, name), verify_checksums=verify_checksums)
+                except (ChecksumError, OSError) as err:
+                    failures.append(f"mirror {cand}: {err}")
+                    continue
+                return Fetched(cand, f"mirror {root}", str(cand), note)
+            url = f"{prefix}/{name}"
+            why = _unreachable(url)
+            if why:
+                failures.append(f"mirror {url}: {why}")
+                break
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                part.unlink(missing_ok=True)  # a different source: do not resume someone else's bytes
+                _http_download(url, part, timeout)
+            except _NET_ERRORS as err:
+                part.unlink(missing_ok=True)
+                failures.append(f"mirror {url}: {type(err).__name__}: {err}")
+                continue
+            try:
+                note = accept(part, remote, read_listing(prefix, name), location=url, verify_checksums=verify_checksums)
+            except ChecksumError as err:
+                part.unlink(missing_ok=True)
+                failures.append(f"mirror {url}: {err}")
+                continue
+            os.replace(part, target)
+            _listing_cache(target, note, target)
+            return Fetched(target, f"mirror {root}", url, note)
+    for mirror in [*(Mirror(u, "--source") for u in urls), *remote.mirrors]:
+        why = _unreachable(mirror.url)
+        if why:
+            failures.append(f"{mirror.url}: {why}")
+            continue
+        dest_dir.mkdir(parents=True, exist_ok=True)
         try:
             if mirror.is_gdrive:
                 _gdrive_download(mirror.url.removeprefix("gdrive://"), part)
             else:
                 _http_download(mirror.url, part, timeout)
-            verify(part, remote)
+            note = accept(part, remote, location=mirror.url, verify_checksums=verify_checksums)
         except ChecksumError as err:
             part.unlink(missing_ok=True)
             failures.append(f"{mirror.url}: {err}")
             continue
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError,
-                DownloadError, RuntimeError) as err:
+        except _NET_ERRORS as err:
             failures.append(f"{mirror.url}: {type(err).__name__}: {err}")
             continue
         os.replace(part, target)
-        if not (remote.sha256 or remote.md5):
-            print(f"[data_prep] {target.name}: no published checksum; sha256 is {file_hash(target)}")
-        return target
+        if note.startswith("no published checksum"):
+            print(f"[data_prep] {name}: {note}")
+        return Fetched(target, mirror.url, mirror.url, note)
     tried = "\n".join(f"  - {f}" for f in failures) or "  (no mirrors listed)"
     raise DownloadError(
-        f"could not download {remote.filename} for dataset {dataset!r} ({remote.describe_checksum()}).\n"
+        f"could not download {name} for dataset {dataset!r} ({remote.describe_checksum()}).\n"
         f"Tried, in order:\n{tried}\n"
-        f"Put the file at {target} yourself, pass it with `python -m data_prep {dataset} --source FILE`, or "
-        f"run `python -m data_prep {dataset} --synthetic` for offline synthetic data in the same format.")
+        f"Put the file at {target} yourself, in a folder named by NBM_MIRROR, pass it with "
+        f"`python -m data_prep {dataset} --source FILE`, or run `python -m data_prep {dataset} --synthetic` "
+        "for offline synthetic data in the same format.")
+
+
+def fetch(remote: RemoteFile, dest_dir: str | Path, *, dataset: str, timeout: float = 20.0,
+          mirrors: Sequence[str] | None = None, verify_checksums: bool = True) -> Path:
+    """Return a verified local copy of ``remote`` (see :func:`fetch_file`), downloading it if needed."""
+    return fetch_file(remote, dest_dir, dataset=dataset, timeout=timeout, mirrors=mirrors,
+                      verify_checksums=verify_checksums).path

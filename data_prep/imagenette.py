@@ -9,12 +9,12 @@ byte for byte. The tgz is scanned once for names and once to copy the chosen mem
 """
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
 from ._shapes import SHAPES, background, class_colour, draw_shape, random_box, scale_sizes
+from .extract import confined, open_tar
 from .fetch import Mirror, RemoteFile
 from .registry import DatasetSpec
 
@@ -35,27 +35,37 @@ def _balanced(paths: list[str], n: int, rng: np.random.Generator) -> list[str]:
     return chosen
 
 
-def convert(files: dict[str, Path], dest: Path, n_train: int = 240, n_val: int = 60, seed: int = 0, **_) -> None:
+def convert(files: dict[str, Path], dest: Path, n_train: int = 240, n_val: int = 60, seed: int = 0) -> None:
+    """See the module docstring. A smaller archive gives what it has (with a warning); every output path
+    built from a member name goes through :func:`data_prep.extract.confined`."""
     rng = np.random.default_rng(seed)
     dest = Path(dest)
-    with tarfile.open(files[TGZ]) as tf:
+    archive = files[TGZ]
+    with open_tar(archive) as tf:
         names = [m.name for m in tf.getmembers() if m.isfile() and m.name.lower().endswith((".jpeg", ".jpg"))]
     chosen = set()
     for split, n in (("train", n_train), ("val", n_val)):
-        chosen |= set(_balanced([p for p in names if f"/{split}/" in p], n, rng))
-    with tarfile.open(files[TGZ]) as tf:
+        in_split = [p for p in names if f"/{split}/" in p]
+        if len(in_split) < n:
+            print(f"[data_prep] imagenette: {split}: {n} images asked for, the archive has {len(in_split)}; "
+                  "using them all")
+        chosen |= set(_balanced(in_split, n, rng))
+    if not any("/train/" in p for p in chosen):
+        raise ValueError(f"{archive}: no <root>/train/<wnid>/*.JPEG images inside (is it an Imagenette archive?)")
+    with open_tar(archive) as tf:
         for m in tf:
             if m.name in chosen:
                 parts = m.name.split("/")  # imagenette2-160/<split>/<wnid>/<file>
-                out = dest.joinpath(*parts[-4:])
+                out = confined(dest, *parts[-4:], what=f"{archive.name} member")
                 out.parent.mkdir(parents=True, exist_ok=True)
                 fh = tf.extractfile(m)
-                assert fh is not None
+                if fh is None:
+                    raise ValueError(f"{archive}: member {m.name} is not a regular file")
                 out.write_bytes(fh.read())
 
 
 def synthesize(dest: Path, seed: int = 0, scale: str = "cpu", n_train: int | None = None,
-               n_val: int | None = None, image_size: int | None = None, **_) -> None:
+               n_val: int | None = None, image_size: int | None = None) -> None:
     """One large object per image (class fixes shape and hue) among small distractors of random hue."""
     n_train, n_val, size = scale_sizes(scale, n_train, n_val, image_size)
     rng = np.random.default_rng(seed)

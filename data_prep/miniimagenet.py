@@ -4,7 +4,7 @@ Real data: ``images.zip`` (the ``images/<wnid><8 digits>.jpg`` folder; Google Dr
 the split CSVs ``train.csv``/``val.csv``/``test.csv`` (``filename,label``) of github.com/twitter/meta-learning-lstm.
 Conversion reads every image the CSVs name straight from the archive (zip or tar) or an unzipped folder,
 resizes it once to 84x84 RGB (PIL Lanczos, as the usual preprocessing scripts) and writes the few-shot
-array layout of :mod:`nbmodule.data.fewshot` with parts ``train``/``val``/``test``.
+array layout of :mod:`data_prep.formats` with parts ``train``/``val``/``test``.
 
 Synthetic data: per class a coloured oriented grating (class-specific frequency, angle and palette) with
 random phase, shift, contrast and noise per image, written in the RAW layout (84x84 JPEGs in
@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nbmodule.data.fewshot import ClassArrays, save_class_arrays
-
+from .extract import archive_errors
 from .fetch import Mirror, RemoteFile
+from .formats import ClassArrays, save_class_arrays
 from .registry import DatasetSpec
 
-__all__ = ["SPEC", "convert", "convert_sources", "synthesize", "is_ready", "SCALES", "SPLITS"]
+__all__ = ["SPEC", "convert", "convert_sources", "from_folder", "find_sources", "synthesize", "is_ready", "SCALES",
+           "SPLITS"]
 
 SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 84
@@ -55,7 +56,10 @@ SCALES = {"smoke": (12, 5, 5, 30), "cpu": (24, 8, 10, 60), "full": (64, 16, 20, 
 
 def _read_csv(path: Path) -> list[tuple[str, str]]:
     with open(path, newline="") as fh:
-        rows = [(r["filename"], r["label"]) for r in csv.DictReader(fh)]
+        reader = csv.DictReader(fh)
+        if not {"filename", "label"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: header {reader.fieldnames}, expected 'filename,label'")
+        rows = [(r["filename"], r["label"]) for r in reader]
     if not rows:
         raise ValueError(f"{path}: no rows (expected a 'filename,label' header and one row per image)")
     return rows
@@ -67,23 +71,27 @@ class _ImageSource:
     def __init__(self, path: Path):
         self.path = path
         self._zip = self._tar = None
-        if path.is_dir():
-            self.index = {p.name: p for p in path.rglob("*") if p.is_file()}
-        elif zipfile.is_zipfile(path):
-            self._zip = zipfile.ZipFile(path)
-            self.index = {n.rsplit("/", 1)[-1]: n for n in self._zip.namelist() if not n.endswith("/")}
-        else:
-            self._tar = tarfile.open(path)
-            self.index = {m.name.rsplit("/", 1)[-1]: m for m in self._tar.getmembers() if m.isfile()}
+        if not path.exists():
+            raise FileNotFoundError(f"MiniImagenet images not found: {path}")
+        with archive_errors(path):
+            if path.is_dir():
+                self.index = {p.name: p for p in path.rglob("*") if p.is_file()}
+            elif zipfile.is_zipfile(path):
+                self._zip = zipfile.ZipFile(path)
+                self.index = {n.rsplit("/", 1)[-1]: n for n in self._zip.namelist() if not n.endswith("/")}
+            else:
+                self._tar = tarfile.open(path)
+                self.index = {m.name.rsplit("/", 1)[-1]: m for m in self._tar.getmembers() if m.isfile()}
 
     def read(self, name: str) -> bytes:
         if name not in self.index:
             raise KeyError(f"{self.path}: no image named {name!r} (is this the MiniImagenet images archive?)")
         item = self.index[name]
-        if self._zip is not None:
-            return self._zip.read(item)
-        if self._tar is not None:
-            return self._tar.extractfile(item).read()  # type: ignore[union-attr]
+        with archive_errors(self.path):
+            if self._zip is not None:
+                return self._zip.read(item)
+            if self._tar is not None:
+                return self._tar.extractfile(item).read()  # type: ignore[union-attr]
         return Path(item).read_bytes()
 
     def close(self) -> None:
@@ -125,9 +133,15 @@ def convert_sources(csvs: dict[str, Path], images: Path, dest: str | Path, *, im
                              source=f"{Path(images).name} + {', '.join(Path(csvs[s]).name for s in SPLITS)}")
 
 
-def convert(files: dict[str, Path], dest: Path, *, image_size: int = IMAGE_SIZE, **_: object) -> None:
+def convert(files: dict[str, Path], dest: Path, *, image_size: int = IMAGE_SIZE) -> None:
     """``DatasetSpec.convert``: images archive + split CSVs -> arrays."""
     convert_sources({s: files[f"{s}.csv"] for s in SPLITS}, files["images.zip"], dest, image_size=image_size)
+
+
+def from_folder(folder: str | Path, dest: Path, *, image_size: int = IMAGE_SIZE) -> None:
+    """``DatasetSpec.from_folder``: the split CSVs and ``images.zip``/``images.tar``/``images/`` in ``folder``."""
+    csvs, images = find_sources(folder)
+    convert_sources(csvs, images, dest, image_size=image_size)
 
 
 def is_ready(dest: Path) -> bool:
@@ -152,7 +166,7 @@ def _render(style: dict, rng: np.random.RandomState, size: int = IMAGE_SIZE) -> 
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def synthesize(dest: Path, *, seed: int = 0, scale: str = "cpu", image_size: int = IMAGE_SIZE, **_: object) -> Path:
+def synthesize(dest: Path, *, seed: int = 0, scale: str = "cpu", image_size: int = IMAGE_SIZE) -> Path:
     """Write synthetic MiniImagenet: ``raw/images.zip`` + CSVs in the official format, converted into ``dest``."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; use one of {', '.join(SCALES)}")
@@ -201,6 +215,7 @@ SPEC = DatasetSpec(
     convert=convert,
     synthesize=synthesize,
     is_ready=is_ready,
+    from_folder=from_folder,
     homepage="https://github.com/twitter/meta-learning-lstm",
     notes="Split CSVs: MIT (Twitter). Images: ImageNet terms of access (non-commercial research).",
     options={"image_size": IMAGE_SIZE, "scale": "cpu (synthetic: smoke | cpu | full)"},

@@ -23,7 +23,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from .extract import extract
 from .fetch import Mirror, RemoteFile
@@ -87,27 +86,31 @@ def _convert(files: dict[str, Path], dest: Path, layout: str) -> None:
         else:
             got = len(list((dest / split / "image").glob("*.npy"))) if (dest / split / "image").is_dir() else 0
         if got != n:
-            print(f"[data_prep] nyuv2: {split} has {got} frames, the published split has {n}")
+            name = "nyuv2" if layout == "nyud_mt" else "nyuv2_13"
+            print(f"[data_prep] {name}: {split} has {got} frames, the published split has {n}")
 
 
-def convert(files: dict[str, Path], dest: Path, **_: Any) -> None:
+def convert(files: dict[str, Path], dest: Path) -> None:
     """Extract NYUD_MT (tgz or zip, possibly nested one folder deep) into ``dest``."""
     _convert(files, Path(dest), "nyud_mt")
 
 
-def convert_13(files: dict[str, Path], dest: Path, **_: Any) -> None:
+def convert_13(files: dict[str, Path], dest: Path) -> None:
     """Extract MTAN's 13-class ``.npy`` set into ``dest`` (``dest/train/image/0.npy`` ...)."""
     _convert(files, Path(dest), "mtan")
 
 
-def synthesize(dest: Path, seed: int = 0, scale: str = "cpu", **options: Any) -> None:
-    """Rendered scenes in the NYUD_MT layout (``scale``: smoke, cpu or full)."""
-    scenes.write_nyud_mt(dest, seed=seed, scale=scale, **options)
+def synthesize(dest: Path, seed: int = 0, scale: str = "cpu", size: tuple[int, int] | None = None,
+               counts: dict[str, int] | None = None) -> None:
+    """Rendered scenes in the NYUD_MT layout (``scale``: smoke, cpu or full; ``size`` (H, W) and ``counts``
+    per split override it)."""
+    scenes.write_nyud_mt(dest, seed=seed, scale=scale, size=size, counts=counts)
 
 
-def synthesize_13(dest: Path, seed: int = 0, scale: str = "cpu", **options: Any) -> None:
+def synthesize_13(dest: Path, seed: int = 0, scale: str = "cpu", size: tuple[int, int] | None = None,
+                  counts: dict[str, int] | None = None) -> None:
     """Rendered scenes in MTAN's 13-class ``.npy`` layout."""
-    scenes.write_mtan_npy(dest, seed=seed, scale=scale, **options)
+    scenes.write_mtan_npy(dest, seed=seed, scale=scale, size=size, counts=counts)
 
 
 def is_ready(dest: Path) -> bool:

@@ -4,7 +4,7 @@ Real data: the official zips of github.com/brendenlake/omniglot (``python/images
 ``python/images_evaluation.zip``, ``python/one-shot-classification/all_runs.zip``). They are read as they
 are (zip members or unzipped folders, the small ``images_background_small1/2.zip`` too), resized once to
 28x28 (PIL Lanczos, strokes = 255 as MAML's inverted images) and written in the few-shot array layout of
-:mod:`nbmodule.data.fewshot` (one part ``all``; ``lake20.npz`` for the runs).
+:mod:`data_prep.formats` (one part ``all``; ``lake20.npz`` for the runs), read by :mod:`nbmodule.data.fewshot`.
 
 Synthetic data: characters made of 2-4 random pen strokes; each of the 20 "drawers" perturbs the control
 points, the pen width and a small affine transform, so a class is a stroke pattern a network can learn and
@@ -24,12 +24,12 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nbmodule.data.fewshot import ClassArrays, LakeRuns, save_class_arrays, save_lake_runs
-
+from .extract import open_zip
 from .fetch import Mirror, RemoteFile
+from .formats import ClassArrays, LakeRuns, save_class_arrays, save_lake_runs
 from .registry import DatasetSpec
 
-__all__ = ["SPEC", "convert", "convert_sources", "synthesize", "is_ready", "read_lake_runs", "SCALES"]
+__all__ = ["SPEC", "convert", "convert_sources", "from_folder", "synthesize", "is_ready", "read_lake_runs", "SCALES"]
 
 BASE = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 GH = "https://github.com/brendenlake/omniglot/raw/master/python"
@@ -59,7 +59,7 @@ def _members(source: Path) -> Iterator[tuple[str, bytes]]:
         for p in sorted(source.rglob("*.png")):
             yield f"{source.name}/{p.relative_to(source).as_posix()}", p.read_bytes()
         return
-    with zipfile.ZipFile(source) as zf:
+    with open_zip(source) as zf:
         for name in sorted(zf.namelist()):
             if name.lower().endswith(".png") and not name.startswith("__MACOSX"):
                 yield name, zf.read(name)
@@ -109,7 +109,7 @@ def read_lake_runs(source: Path, size: int = IMAGE_SIZE) -> LakeRuns:
             if p.is_file():
                 files[p.relative_to(source).as_posix()] = p.read_bytes()
     else:
-        with zipfile.ZipFile(source) as zf:
+        with open_zip(source) as zf:
             files = {n: zf.read(n) for n in zf.namelist() if not n.endswith("/")}
     # normalise "prefix/runNN/..." to "runNN/..."
     norm = {}
@@ -156,9 +156,27 @@ def convert_sources(sources: Iterable[str | Path], dest: str | Path, *, image_si
     return dest
 
 
-def convert(files: dict[str, Path], dest: Path, *, image_size: int = IMAGE_SIZE, **_: object) -> None:
+def convert(files: dict[str, Path], dest: Path, *, image_size: int = IMAGE_SIZE) -> None:
     """``DatasetSpec.convert``: the downloaded official zips -> arrays (see module docstring)."""
     convert_sources(files.values(), dest, image_size=image_size)
+
+
+def from_folder(folder: str | Path, dest: Path, *, image_size: int = IMAGE_SIZE) -> None:
+    """``DatasetSpec.from_folder``: official files in ``folder``, read unchanged: ``images_background``/
+    ``images_evaluation`` as zips or unzipped folders (else the ``images_background_small*.zip``), plus
+    ``all_runs.zip`` or the unzipped ``one-shot-classification`` runs when present."""
+    folder = Path(folder)
+    sets: dict[str, Path] = {}
+    for s in ("background", "evaluation"):
+        for ext in (".zip", ""):  # a folder and its zip hold the same characters: keep one of each set
+            p = folder / f"images_{s}{ext}"
+            if p.exists():
+                sets.setdefault(s, p)
+    chars = list(sets.values()) or sorted(folder.glob("images_background_small*.zip"))
+    if not chars:
+        raise FileNotFoundError(f"{folder}: no images_background*/images_evaluation* zips or folders")
+    runs = [p for p in (folder / "all_runs.zip", folder / "one-shot-classification") if p.exists()][:1]
+    convert_sources([*chars, *runs], dest, image_size=image_size)
 
 
 def is_ready(dest: Path) -> bool:
@@ -224,7 +242,7 @@ def _write_runs(path: Path, eval_chars: list[list[np.ndarray]], rng: np.random.R
             zf.writestr(f"run{r:02d}/class_labels.txt", "\n".join(lines) + "\n")
 
 
-def synthesize(dest: Path, *, seed: int = 0, scale: str = "cpu", image_size: int = IMAGE_SIZE, **_: object) -> Path:
+def synthesize(dest: Path, *, seed: int = 0, scale: str = "cpu", image_size: int = IMAGE_SIZE) -> Path:
     """Write synthetic Omniglot: raw official-style zips under ``dest/raw/``, converted into ``dest``."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; use one of {', '.join(SCALES)}")
@@ -246,6 +264,7 @@ SPEC = DatasetSpec(
     convert=convert,
     synthesize=synthesize,
     is_ready=is_ready,
+    from_folder=from_folder,
     homepage="https://github.com/brendenlake/omniglot",
     notes="MIT licence. Lake, Salakhutdinov & Tenenbaum (2015), Science 350(6266).",
     options={"image_size": IMAGE_SIZE, "scale": "cpu (synthetic: smoke | cpu | full)"},

@@ -19,7 +19,6 @@ MTAN/Auto-Lambda/LibMTL, or as Taskonomy's per-domain PNGs, so one loader reads 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,19 +234,22 @@ def _scenes(seed: int, splits: dict[str, int], size: tuple[int, int]):
 
 
 def write_nyud_mt(dest: str | Path, *, seed: int = 0, scale: str = "cpu", size: tuple[int, int] | None = None,
-                  counts: dict[str, int] | None = None) -> Path:
+                  counts: dict[str, int] | None = None, names: dict[str, list[str]] | None = None) -> Path:
     """Write scenes in the NYUD_MT layout: ``images/<id>.jpg``, ``segmentation/<id>.png`` (NYU-40 ids,
     0 unlabeled), ``depth/<id>.npy`` (H, W) m, ``normals/<id>.npy`` (H, W, 3), ``edge/<id>.npy`` (H, W),
-    ``gt_sets/{train,val,test}.txt``."""
+    ``gt_sets/{train,val,test}.txt``. ``names``: the ids of each split (only those splits are written);
+    default ``<split>_<i>``."""
     from PIL import Image
 
     dest = Path(dest)
-    splits, hw = _scale(scale, size, counts)
+    splits, hw = _scale(scale, size, {s: len(v) for s, v in names.items()} if names else counts)
+    if names:
+        splits = {s: len(v) for s, v in names.items()}
     for sub in ("images", "segmentation", "depth", "normals", "edge", "gt_sets"):
         (dest / sub).mkdir(parents=True, exist_ok=True)
     ids: dict[str, list[str]] = {s: [] for s in splits}
     for split, i, sc in _scenes(seed, splits, hw):
-        name = f"{split}_{i:05d}"
+        name = names[split][i] if names else f"{split}_{i:05d}"
         Image.fromarray(sc.rgb).save(dest / "images" / f"{name}.jpg", quality=95)
         Image.fromarray(sc.seg).save(dest / "segmentation" / f"{name}.png")
         np.save(dest / "depth" / f"{name}.npy", sc.depth)
@@ -256,8 +258,6 @@ def write_nyud_mt(dest: str | Path, *, seed: int = 0, scale: str = "cpu", size: 
         ids[split].append(name)
     for split, names in ids.items():
         (dest / "gt_sets" / f"{split}.txt").write_text("\n".join(names) + "\n")
-    (dest / "SYNTHETIC.json").write_text(json.dumps({"generator": "data_prep.scenes", "seed": seed,
-                                                     "scale": scale, "size": list(hw), "counts": splits}))
     return dest
 
 
@@ -280,8 +280,6 @@ def write_mtan_npy(dest: str | Path, *, seed: int = 0, scale: str = "cpu", size:
         np.save(dest / split / "label" / f"{i}.npy", lut[sc.seg])
         np.save(dest / split / "depth" / f"{i}.npy", sc.depth[..., None])
         np.save(dest / split / "normal" / f"{i}.npy", sc.normals)
-    (dest / "SYNTHETIC.json").write_text(json.dumps({"generator": "data_prep.scenes", "seed": seed,
-                                                     "scale": scale, "size": list(hw), "counts": splits}))
     return dest
 
 
@@ -317,6 +315,4 @@ def write_taskonomy(dest: str | Path, *, seed: int = 0, scale: str = "cpu", size
         Image.fromarray(nrm).save(bdir / "normal" / f"{stem}normal.png")
         Image.fromarray((sc.edges * 65535).astype(np.uint16)).save(bdir / "edge_texture" / f"{stem}edge_texture.png")
         Image.fromarray(lut[sc.seg]).save(bdir / "segment_semantic" / f"{stem}segment_semantic.png")
-    (dest / "SYNTHETIC.json").write_text(json.dumps({"generator": "data_prep.scenes", "seed": seed,
-                                                     "scale": scale, "size": list(hw), "counts": splits}))
     return dest

@@ -23,10 +23,9 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from . import scenes
-from .extract import extract
+from .extract import confined, extract
 from .fetch import Mirror, RemoteFile
 from .registry import DatasetSpec
 
@@ -55,7 +54,7 @@ def _domain_dir(tree: Path, domain: str) -> Path:
     raise ValueError(f"no {domain}/ folder with *_domain_{domain}.png files in the extracted archive")
 
 
-def convert(files: dict[str, Path], dest: Path, **_: Any) -> None:
+def convert(files: dict[str, Path], dest: Path) -> None:
     """Extract each ``<building>_<domain>.tar`` into ``dest/<building>/<domain>/`` and write the splits."""
     dest = Path(dest)
     seen: dict[str, set[str]] = {}
@@ -68,10 +67,10 @@ def convert(files: dict[str, Path], dest: Path, **_: Any) -> None:
         with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
             extract(path, tmp)
             src = _domain_dir(Path(tmp), domain)
-            target = dest / building / domain
+            target = confined(dest, building, domain, what="archive name")
             target.mkdir(parents=True, exist_ok=True)
             for f in src.rglob(f"*domain_{domain}.png"):
-                shutil.move(str(f), target / f.name)
+                shutil.move(str(f), confined(target, f.name, what=f"{name} member"))
         seen.setdefault(building, set()).add(domain)
     (dest / "splits").mkdir(parents=True, exist_ok=True)
     for split, buildings in BUILDINGS.items():
@@ -83,9 +82,10 @@ def convert(files: dict[str, Path], dest: Path, **_: Any) -> None:
             print(f"[data_prep] taskonomy: building {b} lacks domains {sorted(missing)}")
 
 
-def synthesize(dest: Path, seed: int = 0, scale: str = "cpu", **options: Any) -> None:
+def synthesize(dest: Path, seed: int = 0, scale: str = "cpu", size: tuple[int, int] | None = None,
+               counts: dict[str, int] | None = None) -> None:
     """Rendered scenes as Taskonomy buildings (one per split)."""
-    scenes.write_taskonomy(dest, seed=seed, scale=scale, **options)
+    scenes.write_taskonomy(dest, seed=seed, scale=scale, size=size, counts=counts)
 
 
 def is_ready(dest: Path) -> bool:

@@ -7,18 +7,20 @@ Output layout (what :class:`nbmodule.data.voc.VOCSegmentation` reads)::
     <dest>/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt
 
 ``convert`` copies ``n_train`` ids drawn (seeded) from the official ``train.txt`` and ``n_val`` from ``val.txt``,
-byte for byte (masks stay palette PNGs). The tar is read member by member, never fully extracted.
+byte for byte (masks stay palette PNGs). The tar is read member by member, never fully extracted; every
+output path built from an id goes through :func:`data_prep.extract.confined`.
 """
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ._shapes import SHAPES, background, boundary, class_colour, draw_shape, random_box, scale_sizes
+from .extract import confined, open_tar
 from .fetch import Mirror, RemoteFile
+from .formats import voc_palette
 from .registry import DatasetSpec
 
 TAR = "VOCtrainval_11-May-2012.tar"
@@ -37,35 +39,52 @@ def _pick(ids: list[str], n: int, rng: np.random.Generator) -> list[str]:
     return sorted(ids[i] for i in rng.choice(len(ids), size=n, replace=False))
 
 
-def convert(files: dict[str, Path], dest: Path, n_train: int = 240, n_val: int = 60, seed: int = 0, **_) -> None:
+def convert(files: dict[str, Path], dest: Path, n_train: int = 240, n_val: int = 60, seed: int = 0) -> None:
+    """``n_train`` ids of the official Segmentation ``train.txt`` and ``n_val`` of ``val.txt`` (seeded), copied
+    byte for byte. A smaller archive (a sample) gives what it has, with a warning; ids whose image or mask is
+    missing from the archive are skipped, with a warning."""
     rng = np.random.default_rng(seed)
     root = _layout(dest)
-    with tarfile.open(files[TAR]) as tf:
-        members = {m.name.lstrip("./"): m for m in tf.getmembers()}
+    archive = files[TAR]
+    with open_tar(archive) as tf:
+        members = {m.name.lstrip("./"): m for m in tf.getmembers() if m.isfile()}
         prefix = next((p for p in ("VOCdevkit/VOC2012", "TrainVal/VOCdevkit/VOC2012")
                        if f"{p}/ImageSets/Segmentation/train.txt" in members), None)
         if prefix is None:
-            raise ValueError(f"{files[TAR]}: no VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt inside")
+            raise ValueError(f"{archive}: no VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt inside")
 
         def read(name: str) -> bytes:
             fh = tf.extractfile(members[f"{prefix}/{name}"])
-            assert fh is not None
+            if fh is None:
+                raise ValueError(f"{archive}: member {prefix}/{name} is not a regular file")
             return fh.read()
 
         for split, n in (("train", n_train), ("val", n_val)):
-            ids = read(f"ImageSets/Segmentation/{split}.txt").decode().split()
-            chosen = _pick(ids, n, rng)
+            listing = f"ImageSets/Segmentation/{split}.txt"
+            if f"{prefix}/{listing}" not in members:
+                raise ValueError(f"{archive}: no {prefix}/{listing} inside")
+            ids = read(listing).decode().split()
+            have = [i for i in ids if f"{prefix}/JPEGImages/{i}.jpg" in members
+                    and f"{prefix}/SegmentationClass/{i}.png" in members]
+            if len(have) < len(ids):
+                print(f"[data_prep] voc: {len(ids) - len(have)} of the {len(ids)} {split} ids have no image or mask "
+                      f"in {archive.name}; skipped")
+            if len(have) < n:
+                print(f"[data_prep] voc: {split}: {n} images asked for, the archive has {len(have)}; using them all")
+            chosen = _pick(have, n, rng)
             for img_id in chosen:
-                (root / "JPEGImages" / f"{img_id}.jpg").write_bytes(read(f"JPEGImages/{img_id}.jpg"))
-                (root / "SegmentationClass" / f"{img_id}.png").write_bytes(read(f"SegmentationClass/{img_id}.png"))
-            (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(chosen) + "\n")
+                jpg = confined(root / "JPEGImages", f"{img_id}.jpg", what=f"{split}.txt id")
+                png = confined(root / "SegmentationClass", f"{img_id}.png", what=f"{split}.txt id")
+                jpg.write_bytes(read(f"JPEGImages/{img_id}.jpg"))
+                png.write_bytes(read(f"SegmentationClass/{img_id}.png"))
+            (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in chosen))
+        if not (root / "ImageSets" / "Segmentation" / "train.txt").read_text().strip():
+            raise ValueError(f"{archive}: no training image with a segmentation mask")
 
 
 def synthesize(dest: Path, seed: int = 0, scale: str = "cpu", n_train: int | None = None,
-               n_val: int | None = None, image_size: int | None = None, **_) -> None:
+               n_val: int | None = None, image_size: int | None = None) -> None:
     """Shapes on textured backgrounds; class c in 1..20 fixes shape (c % 4) and hue; 255 outlines."""
-    from nbmodule.data.voc import voc_palette
-
     n_train, n_val, size = scale_sizes(scale, n_train, n_val, image_size)
     rng = np.random.default_rng(seed)
     root = _layout(dest)

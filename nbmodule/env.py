@@ -7,43 +7,21 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data_prep.roots import DRIVE_ROOT, REPO_ROOT, DataRootError, data_root, in_colab, mirror_roots
+from data_prep.roots import default_base as _default_base
+
+# REPO_ROOT, DRIVE_ROOT, in_colab and data_root (``$NBM_DATA``; a file there is a DataRootError naming it) are
+# defined once in data_prep.roots, the lower layer, and re-exported here; ``mirror_roots()`` reads NBM_MIRROR.
+
 __all__ = [
     "REPO_ROOT", "in_colab", "data_root", "runs_root", "pick_device", "seed_everything", "set_threads",
-    "shared_data",
+    "shared_data", "DataRootError", "mirror_roots",
 ]
-
-#: The checkout this package was installed from in editable mode (None for a plain ``pip install``).
-REPO_ROOT: Path | None = (
-    Path(__file__).resolve().parent.parent
-    if (Path(__file__).resolve().parent.parent / "pyproject.toml").is_file()
-    else None
-)
-
-DRIVE_ROOT = Path("/content/drive/MyDrive/nbmodule")
-
-
-def in_colab() -> bool:
-    return "google.colab" in sys.modules
-
-
-def _default_base() -> Path:
-    if in_colab() and DRIVE_ROOT.parent.is_dir():  # Drive mounted: survive a disconnect
-        return DRIVE_ROOT
-    return REPO_ROOT if REPO_ROOT is not None else Path.cwd()
-
-
-def data_root(path: str | Path | None = None) -> Path:
-    """Root of all datasets: ``path`` if given, else ``$NBM_DATA``, else ``data/`` at the repo root."""
-    if path:
-        return Path(path).expanduser().resolve()
-    env = os.environ.get("NBM_DATA")
-    return Path(env).expanduser().resolve() if env else _default_base() / "data"
 
 
 def runs_root(path: str | Path | None = None) -> Path:

@@ -22,6 +22,12 @@ from data_prep import registry
 from nbmodule.data.paths import DatasetNotFoundError, dataset_dir
 
 
+@pytest.fixture(autouse=True)
+def _no_local_mirror(monkeypatch):
+    """These tests exercise the public-mirror path: no NBM_MIRROR from the caller's environment."""
+    monkeypatch.delenv("NBM_MIRROR", raising=False)
+
+
 def _listing(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
@@ -113,8 +119,8 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        type(self).sent += len(body)  # counted before sending: the client may finish before the server thread
         self.wfile.write(body)
-        type(self).sent += len(body)
 
 
 @pytest.fixture
@@ -176,9 +182,9 @@ def toy_dataset(monkeypatch, tmp_path):
         zf.writestr("toy/a.txt", "A")
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
 
-    def convert(files, dest, **options):
+    def convert(files, dest, fail=False):
         extract(files["toy.zip"], dest)
-        if options.get("fail"):
+        if fail:
             raise RuntimeError("conversion failed on purpose")
 
     def synthesize(dest, seed=0, scale="cpu"):
@@ -218,8 +224,9 @@ def test_prepare_rejects_bad_checksum_and_failed_conversion_leaves_nothing(toy_d
 def test_cli_reports_download_failure_and_missing_source(toy_dataset, tmp_path, capsys):
     rc = cli.main(["toy", "--dest", str(tmp_path / "t")])
     err = capsys.readouterr().err
-    assert rc == 1 and "toy.zip" in err and "--synthetic" in err
-    assert cli.main(["toy", "--dest", str(tmp_path / "t"), "--source", str(tmp_path / "nope.zip")]) == 1
+    assert rc == 2 and "toy.zip" in err and "--synthetic" in err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1  # one line, no traceback
+    assert cli.main(["toy", "--dest", str(tmp_path / "t"), "--source", str(tmp_path / "nope.zip")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert cli.main(["toy", "--synthetic", "--dest", str(tmp_path / "s"), "-o", "scale=smoke"]) == 0
 

@@ -1,20 +1,7 @@
 """Few-shot classification data: class-indexed uint8 arrays, the MAML Omniglot split, N-way K-shot episodes.
 
-On-disk layout (written once by ``data_prep.omniglot`` / ``data_prep.miniimagenet``, real or synthetic alike;
-episodes are then sampled by indexing, with no image decoding in the training loop)::
-
-    <dataset dir>/
-      meta.json              {"format": "nbmodule-fewshot-v1", "dataset", "image_size", "channels",
-                              "synthetic", "source", "parts": {part: {"classes": [names], "count": N}}}
-      <part>_images.npy      uint8 (N, H, W) gray (stroke/foreground = 255) or (N, H, W, 3) RGB
-      <part>_labels.npy      int32 (N,) index into the part's class list
-      lake20.npz             (Omniglot only, when the Lake runs were given) support (R, 20, H, W) uint8 with
-                              support[r, j] = runRR/training/class{j+1}.png, query (R, 20, H, W) with
-                              query[r, i] = runRR/test/item{i+1}.png, answer (R, 20) int64: the index j of
-                              the training image class_labels.txt pairs with each test item
-
-Omniglot has one part, ``all`` (background then evaluation characters, class names
-``background/<alphabet>/<character>``); MiniImagenet has ``train``/``val``/``test`` (the Ravi split CSVs).
+On-disk layout: :mod:`data_prep.formats` (written once by ``data_prep.omniglot`` / ``data_prep.miniimagenet``,
+real or synthetic alike; episodes are then sampled by indexing, with no image decoding in the training loop).
 """
 from __future__ import annotations
 
@@ -26,6 +13,9 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
+from data_prep.formats import FEWSHOT_FORMAT as FORMAT
+from data_prep.formats import ClassArrays, LakeRuns, save_class_arrays, save_lake_runs
+
 from .paths import DatasetNotFoundError
 
 __all__ = [
@@ -34,48 +24,10 @@ __all__ = [
     "episode_to_float",
 ]
 
-FORMAT = "nbmodule-fewshot-v1"
-
 #: The MAML Omniglot split (Finn et al. 2017, cbfinn/maml data_generator.py): characters of both sets
 #: shuffled with a fixed seed; 1200 for meta-training (the last 100 of them held out for validation),
 #: the remaining 423 for meta-test.
 OMNIGLOT_TRAIN, OMNIGLOT_VAL, OMNIGLOT_TOTAL = 1100, 100, 1623
-
-
-@dataclass
-class ClassArrays:
-    """One part of a dataset: ``images`` uint8 (N, H, W[, 3]), ``labels`` int (N,), ``classes`` names."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    classes: list[str]
-
-
-def save_class_arrays(dest: str | Path, parts: dict[str, ClassArrays], *, dataset: str, synthetic: bool,
-                      source: str, **extra: object) -> Path:
-    """Write ``parts`` in the layout above (``meta.json`` last, so a folder with it is complete).
-
-    ``extra``: more JSON-able entries for ``meta.json`` (e.g. the synthetic ``scale``)."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    meta_parts = {}
-    shape = None
-    for name, part in parts.items():
-        images = np.ascontiguousarray(part.images, dtype=np.uint8)
-        labels = np.asarray(part.labels, dtype=np.int32)
-        if images.ndim not in (3, 4) or len(images) != len(labels):
-            raise ValueError(f"part {name!r}: images {images.shape} and labels {labels.shape} do not match")
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(part.classes)):
-            raise ValueError(f"part {name!r}: labels outside [0, {len(part.classes)})")
-        shape = images.shape[1:]
-        np.save(dest / f"{name}_images.npy", images)
-        np.save(dest / f"{name}_labels.npy", labels)
-        meta_parts[name] = {"classes": list(part.classes), "count": int(len(labels))}
-    meta = {"format": FORMAT, "dataset": dataset, "synthetic": bool(synthetic), "source": source,
-            "image_size": int(shape[0]) if shape else None, "channels": int(shape[2]) if shape and len(shape) == 3 else 1,
-            "parts": meta_parts, **extra}
-    (dest / "meta.json").write_text(json.dumps(meta, indent=1))
-    return dest
 
 
 def read_meta(folder: str | Path) -> dict:
@@ -99,22 +51,6 @@ def load_class_arrays(folder: str | Path, part: str, *, mmap: bool = False) -> C
     images = np.load(folder / f"{part}_images.npy", mmap_mode="r" if mmap else None)
     labels = np.load(folder / f"{part}_labels.npy")
     return ClassArrays(images, labels, list(meta["parts"][part]["classes"]))
-
-
-@dataclass
-class LakeRuns:
-    """The Lake et al. (2015) one-shot runs: ``support``/``query`` uint8 (R, 20, H, W), ``answer`` (R, 20)."""
-
-    support: np.ndarray
-    query: np.ndarray
-    answer: np.ndarray
-
-
-def save_lake_runs(dest: str | Path, runs: LakeRuns) -> Path:
-    path = Path(dest) / "lake20.npz"
-    np.savez(path, support=runs.support.astype(np.uint8), query=runs.query.astype(np.uint8),
-             answer=runs.answer.astype(np.int64))
-    return path
 
 
 def load_lake_runs(folder: str | Path) -> LakeRuns | None:

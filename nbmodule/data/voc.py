@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data_prep.formats import voc_palette
+
 from .paths import DatasetNotFoundError
 from .transforms import to_sample
 from .vision import TaskDataset, read_rgb
@@ -22,21 +24,6 @@ __all__ = ["VOC_CLASSES", "VOCSegmentation", "voc_root", "read_voc_mask", "voc_p
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                "train", "tvmonitor")
-
-
-def voc_palette() -> list[int]:
-    """The official VOC colour map (768 values, bit-interleaved), used to write "P" PNGs like VOC's."""
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
 
 
 def voc_root(root: str | Path) -> Path:
