@@ -61,15 +61,21 @@ def test_draw_frequencies_are_proportional_to_loss_or_delta(regime, kind):
 
 
 @pytest.mark.parametrize("regime,kind", [("importance_weighted", "loss"), ("importance_delta", "delta")])
-def test_importance_weights_are_uniform_over_probability(regime, kind):
-    q = get_family("2d").make_queue(_gen())
-    draw = sample_tasks(regime, q, 64, generator=_gen(2))
-    p = q.probabilities(kind).flatten()[q.ravel(draw.cells)]
-    assert torch.allclose(draw.weights, (1.0 / q.num_cells) / p)
-    # unbiased: E_p[w * f] = mean over cells of f, checked exactly on the distribution
-    f = torch.arange(q.num_cells, dtype=torch.float64)
-    probs = q.probabilities(kind).flatten()
-    assert torch.isclose((probs * ((1 / q.num_cells) / probs) * f).sum(), f.mean())
+def test_importance_weighted_mean_estimates_the_uniform_mean(regime, kind):
+    """The reason for the weights: E_p[w f(params)] = E_uniform[f(params)], here with a clipped last cell.
+
+    On [0, 1.5] in blocks of 1 the cells are [0, 1] and [1, 1.5]; with values 1 and 3 the queue draws them
+    with p = 1/4, 3/4. E_uniform[x] = 0.75; weights (1/N)/p would give 0.875."""
+    q = PriorityQueue([0.0], [1.5], [1.0], generator=_gen())
+    (q.losses if kind == "loss" else q.deltas)[:] = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    draw = sample_tasks(regime, q, 400_000, generator=_gen(2))
+    x = draw.params[:, 0]
+    assert (draw.cells[:, 0] == 1).double().mean().item() == pytest.approx(0.75, abs=0.005)
+    assert (draw.weights * x).mean().item() == pytest.approx(0.75, abs=0.006)
+    assert draw.weights.mean().item() == pytest.approx(1.0, abs=0.01)  # the weights average to one
+    f3 = get_family("3d").make_queue(_gen())  # the 3D grid's last frequency cell is half as wide
+    full, clipped = f3.cell_fraction(torch.tensor([[0, 0, 0], [0, 0, 7]]))
+    assert clipped.item() == pytest.approx(full.item() / 2) and full.item() == pytest.approx(0.2 / 1.5 / 49 / 36)
 
 
 def test_drawn_parameters_lie_within_their_cell():

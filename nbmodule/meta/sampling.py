@@ -11,10 +11,14 @@ uniform                (parameters uniform over the whole space, no cells)      
 epsilon_greedy         a uniform random cell w.p. epsilon, else the max-loss cell         1
                        (ties broken at random); epsilon annealed linearly 1.0 -> 0.1
 weighted               loss(cell) / sum(loss)                                             1
-importance_weighted    loss(cell) / sum(loss)                                             (1/N) / p(cell)
+importance_weighted    loss(cell) / sum(loss)                                             q(cell) / p(cell)
 delta                  |change|(cell) / sum(|change|)                                     1
-importance_delta       |change|(cell) / sum(|change|)                                     (1/N) / p(cell)
+importance_delta       |change|(cell) / sum(|change|)                                     q(cell) / p(cell)
 =====================  ==============================================================  =================
+
+``q(cell)`` is the cell's share of the box's volume: the probability the uniform regime gives it. It is
+``1/N`` when all cells are equal; a clipped last cell (3D: frequency 1.9-2.0 in blocks of 0.2) is smaller,
+and ``(1/N)/p`` would over-weight it, biasing the weighted meta-loss away from the uniform one.
 
 A drawn cell yields parameters uniformly within the cell. Cells start from strictly positive random values,
 so every cell can be drawn before it was ever visited (the seed's zero initialisation divides 0 by 0).
@@ -73,6 +77,11 @@ class PriorityQueue:
         lo = self.low + cells.to(torch.float64) * self.block
         hi = torch.minimum(lo + self.block, self.high)
         return lo, hi
+
+    def cell_fraction(self, cells: Tensor) -> Tensor:
+        """Each cell's share ``(n,)`` of the box's volume (``1/N`` for full cells; less for clipped ones)."""
+        lo, hi = self.cell_bounds(cells)
+        return ((hi - lo) / (self.high - self.low)).prod(dim=-1)
 
     def cell_of(self, params: Tensor) -> Tensor:
         """Integer cell indices ``(n, D)`` holding the parameter vectors ``(n, D)``."""
@@ -180,11 +189,11 @@ def sample_tasks(regime: str, queue: PriorityQueue, n: int, *, generator: torch.
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     ones = torch.ones(n, dtype=torch.float64)
-    uniform_p = torch.full((n,), 1.0 / queue.num_cells, dtype=torch.float64)
     if regime == "uniform":
         params = queue.low + torch.rand((n, queue.ndim), generator=generator, dtype=torch.float64) * (
             queue.high - queue.low)
-        return TaskDraw(queue.cell_of(params), params, ones, uniform_p)
+        cells = queue.cell_of(params)
+        return TaskDraw(cells, params, ones, queue.cell_fraction(cells))
     if regime == "epsilon_greedy":
         eps = epsilon_at(step, **(epsilon or {}))
         explore = torch.rand(n, generator=generator, dtype=torch.float64) < eps
@@ -192,11 +201,11 @@ def sample_tasks(regime: str, queue: PriorityQueue, n: int, *, generator: torch.
         ties = queue.max_cells()  # the queue does not change within a batch
         greedy_cells = ties[torch.randint(len(ties), (n,), generator=generator)]
         cells_t = queue.unravel(torch.where(explore, random_cells, greedy_cells))
-        return TaskDraw(cells_t, queue.params_in(cells_t, generator), ones, uniform_p, epsilon=eps)
+        return TaskDraw(cells_t, queue.params_in(cells_t, generator), ones, queue.cell_fraction(cells_t), epsilon=eps)
     kind = "delta" if regime in ("delta", "importance_delta") else "loss"
     probs = queue.probabilities(kind).flatten()
     flat = torch.multinomial(probs, n, replacement=True, generator=generator)
     cells_t = queue.unravel(flat)
     p = probs[flat]
-    weights = (1.0 / queue.num_cells) / p if regime.startswith("importance") else ones
+    weights = queue.cell_fraction(cells_t) / p if regime.startswith("importance") else ones
     return TaskDraw(cells_t, queue.params_in(cells_t, generator), weights, p)
