@@ -1,0 +1,129 @@
+"""The maml_rl study: configs, a tiny run end to end (files, keys, figures), resume to the same numbers."""
+from __future__ import annotations
+
+import ast
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import nbmodule.engines.maml_rl as engine
+from nbmodule.config import CONFIG_ROOT, ConfigError, list_configs
+from nbmodule.engines.maml_rl import MamlRLConfig, run
+from nbmodule.runs import RunContext, RunDir
+from nbmodule.viz.maml_rl import FIGURES, results_table
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny per-task ops: one thread is fastest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = dict(envs=["nav2d"], seeds=[0, 1], hidden=[16, 16], horizon=20, meta_batch_size=3, trajectories=3,
+            iterations=3, pretrain_iterations=2, eval_goals=3, eval_trajectories=3, eval_steps=2, show_goals=2,
+            checkpoint_every=1)
+
+
+@pytest.fixture
+def ctx() -> RunContext:
+    return RunContext(device=torch.device("cpu"), progress=False, threads=1)
+
+
+def test_every_config_file_is_valid():
+    names = list_configs("maml_rl")
+    assert {"default", "paper", "gpu", "cheetah_vel", "cheetah_dir"} <= set(names)
+    for name in names:
+        cfg = MamlRLConfig.from_file(name)
+        assert cfg.horizon == 100
+    paper = MamlRLConfig.from_file("paper")
+    assert (paper.meta_batch_size, paper.trajectories, paper.iterations, paper.max_kl) == (20, 20, 500, 0.01)
+
+
+def test_bad_values_name_the_field():
+    with pytest.raises(ConfigError, match="estimator"):
+        MamlRLConfig.from_values({"estimator": "reinforce"})
+    with pytest.raises(ConfigError, match="envs"):
+        MamlRLConfig.from_values({"envs": ["nav2d", "nav2d"]})
+    with pytest.raises(ConfigError, match="unknown field 'meta_lr'"):
+        MamlRLConfig.from_values({"meta_lr": 0.1})
+
+
+def test_notebook_parameters_equal_default_yaml():
+    nb = json.loads((REPO / "notebooks" / "07_maml_rl.ipynb").read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    values = {}
+    for node in ast.parse("".join(cell["source"])).body:
+        values[node.targets[0].id] = ast.literal_eval(node.value)
+    defaults = MamlRLConfig.defaults()
+    assert {k: values[k] for k in defaults} == defaults
+    assert set(values) - set(defaults) == {"device", "out", "data", "mount_drive", "progress", "threads", "restart"}
+    assert nb["metadata"]["accelerator"] == "GPU" and nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
+
+
+def test_tiny_run_writes_every_key_file_and_figure(tmp_path, ctx):
+    cfg = MamlRLConfig.from_values(TINY)
+    metrics = run(cfg, RunDir(tmp_path), ctx)
+    for prefix in ("nav2d", "nav2d_pretrained", "nav2d_random"):
+        for k in range(3):
+            assert math.isfinite(metrics[f"{prefix}_return_{k}step"])
+            assert metrics[f"{prefix}_return_{k}step_ci95"] >= 0
+    assert metrics["maml_rl_s_per_iter"] > 0 and metrics["maml_rl_trpo_s_per_iter"] > 0
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())["nav2d"]
+    assert len(evaluation["goals"]) == 3 and evaluation["lrs"] == [0.1, 0.05]
+    per_seed = evaluation["methods"]["maml"]["1"]
+    assert len(per_seed) == 3 and len(per_seed[0]) == 3
+    assert metrics["nav2d_return_1step"] == pytest.approx(
+        sum(sum(evaluation["methods"]["maml"][s][1]) / 3 for s in ("0", "1")) / 2, rel=1e-5)
+    rows = RunDir(tmp_path).curve("train")
+    assert [r["run"] for r in rows].count("nav2d_maml") == 6 and [r["run"] for r in rows].count("nav2d_pretrained") == 4
+    assert all(r["kl"] <= cfg.max_kl for r in rows)
+    traj = json.loads((tmp_path / "trajectories.json").read_text())
+    assert len(traj["goals"]) == 2 and len(traj["methods"]["maml"]) == 3  # steps 0..2
+    for spec in FIGURES:
+        assert spec.draw(tmp_path) is not None, spec.name
+    table = results_table(tmp_path)
+    assert "MAML, paper (Finn et al. 2017, Table 4)" in set(table["method"])
+
+
+def test_random_init_is_the_untrained_policy_of_the_same_seed(tmp_path, ctx):
+    cfg = MamlRLConfig.from_values({**TINY, "iterations": 0, "pretrain_iterations": 0, "seeds": [0]})
+    metrics = run(cfg, RunDir(tmp_path), ctx)
+    for k in range(3):  # untrained MAML and pretrained policies are the random initialisation, same noise
+        assert metrics[f"nav2d_return_{k}step"] == metrics[f"nav2d_random_return_{k}step"]
+        assert metrics[f"nav2d_pretrained_return_{k}step"] == metrics[f"nav2d_random_return_{k}step"]
+
+
+def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, ctx, monkeypatch):
+    cfg = MamlRLConfig.from_values({**TINY, "seeds": [0]})
+    reference = run(cfg, RunDir(tmp_path / "ref"), ctx)
+
+    calls = {"n": 0}
+    real = engine.meta_iteration
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # during MAML's third iteration, after two checkpoints
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "meta_iteration", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, RunDir(tmp_path / "cut"), ctx)
+    monkeypatch.setattr(engine, "meta_iteration", real)
+    ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "nav2d_maml_s0.pt", weights_only=True)
+    assert ckpt["step"] == 2
+    resumed = run(cfg, RunDir(tmp_path / "cut"), ctx)
+    for key, value in reference.items():
+        if not key.endswith(("_s", "_s_per_iter")):
+            assert resumed[key] == value, key
+    assert json.dumps(RunDir(tmp_path / "cut").curve("train")) == json.dumps(RunDir(tmp_path / "ref").curve("train"))
+
+
+def test_more_iterations_continue_a_finished_run(tmp_path, ctx):
+    cfg = MamlRLConfig.from_values({**TINY, "seeds": [0], "baselines": []})
+    run(cfg, RunDir(tmp_path / "a"), ctx)
+    longer = MamlRLConfig.from_values({**TINY, "seeds": [0], "baselines": [], "iterations": 5})
+    grown = run(longer, RunDir(tmp_path / "a"), ctx)
+    fresh = run(longer, RunDir(tmp_path / "b"), ctx)
+    assert grown["nav2d_return_1step"] == fresh["nav2d_return_1step"]
+    assert "nav2d_pretrained_return_0step" not in grown
