@@ -9,6 +9,10 @@ PROFILE ?= cpu
 # Real data samples for tests (skipped when absent); CI sets the same.
 NBM_SHARED_DATA ?= $(abspath ../shared/data)
 export NBM_SHARED_DATA
+# A local mirror tried before the public download URLs (a folder or URL prefix; several separated by ':').
+# ../shared/data holds the official Omniglot zips, so `make run` trains notebook 05 on real Omniglot offline.
+NBM_MIRROR ?= $(abspath ../shared/data)
+export NBM_MIRROR
 
 .PHONY: install test run bench smoke browser clean help
 
