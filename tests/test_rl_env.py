@@ -76,3 +76,9 @@ def test_sampler_stops_early_and_pads_when_every_trajectory_is_done():
 def test_make_env_rejects_unknown_names():
     with pytest.raises(ValueError, match="nav2d"):
         make_env("pendulum", horizon=10)
+
+
+def test_cheetah_without_mujoco_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "mujoco", None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r"gymnasium\[mujoco\]"):
+        make_env("cheetah_vel", horizon=10)

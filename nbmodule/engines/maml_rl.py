@@ -251,11 +251,13 @@ def run(cfg: MamlRLConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, float 
     evaluation_json: dict[str, Any] = {}
     trajectories: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    with progress_bar(total=total, desc="meta-training", enabled=ctx.progress) as bar:
-        for env_name in cfg.envs:
-            env = make_env(env_name, horizon=cfg.horizon, device=device, sampler=cfg.sampler, threads=threads)
-            goals = env.sample_tasks(cfg.eval_goals, torch.Generator().manual_seed(cfg.eval_seed))
-            try:
+    # every environment first, so a missing dependency (gymnasium, mujoco) fails before any training
+    envs = {name: make_env(name, horizon=cfg.horizon, device=device, sampler=cfg.sampler, threads=threads)
+            for name in cfg.envs}
+    try:
+        with progress_bar(total=total, desc="meta-training", enabled=ctx.progress) as bar:
+            for env_name, env in envs.items():
+                goals = env.sample_tasks(cfg.eval_goals, torch.Generator().manual_seed(cfg.eval_seed))
                 for seed in cfg.seeds:
                     for method in methods:
                         policy = _initial_policy(env, cfg, seed, device)
@@ -268,18 +270,20 @@ def run(cfg: MamlRLConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, float 
                             theta, trained = result["params"], result["iterations"]
                         evaluations[(env_name, method, seed)] = evaluate_policy(
                             cfg, env, policy, theta, method, seed, trained, goals, run_dir)
-            finally:
-                close = getattr(env, "close", None)
-                if close is not None:
-                    close()
-            evaluation_json[env_name] = {
-                "goals": goals.cpu().tolist(), "steps": cfg.eval_steps, "lrs": evaluation_lrs(cfg.inner_lr, cfg.eval_steps),
-                "methods": {m: {str(s): evaluations[(env_name, m, s)]["returns"].tolist() for s in cfg.seeds}
-                            for m in methods}}
-            if env_name == "nav2d" and cfg.show_goals:
-                first = cfg.seeds[0]
-                trajectories = {"goals": goals[:cfg.show_goals].cpu().tolist(), "seed": first,
-                                "methods": {m: evaluations[("nav2d", m, first)]["observations"] for m in methods}}
+                evaluation_json[env_name] = {
+                    "goals": goals.cpu().tolist(), "steps": cfg.eval_steps,
+                    "lrs": evaluation_lrs(cfg.inner_lr, cfg.eval_steps),
+                    "methods": {m: {str(s): evaluations[(env_name, m, s)]["returns"].tolist() for s in cfg.seeds}
+                                for m in methods}}
+                if env_name == "nav2d" and cfg.show_goals:
+                    first = cfg.seeds[0]
+                    trajectories = {"goals": goals[:cfg.show_goals].cpu().tolist(), "seed": first,
+                                    "methods": {m: evaluations[("nav2d", m, first)]["observations"] for m in methods}}
+    finally:
+        for env in envs.values():
+            close = getattr(env, "close", None)
+            if close is not None:
+                close()
     columns = list(dict.fromkeys(k for row in rows for k in row))  # MAML rows have more returns than pretraining's
     run_dir.write_curve("train", [{k: row.get(k, math.nan) for k in columns} for row in rows])
     run_dir.write_json("evaluation.json", evaluation_json)

@@ -83,6 +83,12 @@ def make_env(name: str, *, horizon: int, device: torch.device | str = "cpu", sam
     if name == "nav2d":
         return Nav2D(horizon=horizon, device=device)
     if name in ("cheetah_vel", "cheetah_dir"):
+        try:
+            import gymnasium  # noqa: F401
+            import mujoco  # noqa: F401
+        except ImportError as err:
+            raise ImportError(f"environment {name!r} needs gymnasium and mujoco ({err}); install them with "
+                              "pip install 'gymnasium[mujoco]', or choose envs: [nav2d]") from None
         from .cheetah import HalfCheetahTasks
 
         return HalfCheetahTasks(name.split("_")[1], horizon=horizon, device=device, sampler=sampler, threads=threads)

@@ -141,9 +141,11 @@ def plot_learning_curves(run_dir: str | Path) -> Figure | None:
     return fig
 
 
-def plot_trajectories(run_dir: str | Path, methods: tuple[str, ...] = ("maml", "pretrained")) -> Figure | None:
+def plot_trajectories(run_dir: str | Path, methods: tuple[str, ...] = ("maml", "pretrained"),
+                      per_step: int = 2) -> Figure | None:
     """2D navigation: trajectories of the adapted policy towards a few held-out goals, before adaptation and
-    after each gradient step (one row per method, one column per goal; first seed)."""
+    after each gradient step (one row per method, one column per goal; first seed; ``per_step`` of the stored
+    trajectories per step, since the policies are still noisy)."""
     path = Path(run_dir) / "trajectories.json"
     if not path.is_file():
         return None
@@ -154,15 +156,15 @@ def plot_trajectories(run_dir: str | Path, methods: tuple[str, ...] = ("maml", "
     axes = np.atleast_2d(axes).reshape(len(methods), len(goals))
     cmap = ["0.6", "tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown"]
     for i, method in enumerate(methods):
-        per_step = data["methods"][method]  # [step][goal][trajectory][time][xy]
+        steps = data["methods"][method]  # [step][goal][trajectory][time][xy]
         for j, goal in enumerate(goals):
             ax = axes[i, j]
-            for k, step in enumerate(per_step):
+            for k, step in enumerate(steps):
                 color = cmap[k % len(cmap)]
-                for t, traj in enumerate(step[j]):
+                for t, traj in enumerate(step[j][:per_step]):
                     xy = np.asarray([[0.0, 0.0], *traj]) if traj else np.zeros((1, 2))
                     label = ("pre-update" if k == 0 else f"after {k} step{'s' if k > 1 else ''}") if t == 0 else None
-                    ax.plot(xy[:, 0], xy[:, 1], color=color, linewidth=0.9, alpha=0.8, label=label)
+                    ax.plot(xy[:, 0], xy[:, 1], color=color, linewidth=1.1, alpha=0.85, label=label)
             ax.plot(*goal, marker="*", color="k", markersize=12, linestyle="none", label="goal" if j == 0 else None)
             ax.plot(0, 0, marker="o", color="k", markersize=3)
             ax.set_xlim(-0.6, 0.6)
