@@ -31,7 +31,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _option(text: str):
-    return parse_key_value(text, what="option")
+    try:
+        return parse_key_value(text, what="option")
+    except OptionError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _one_line(err: BaseException) -> str:

@@ -140,7 +140,8 @@ def _usable_dest(dest: Path) -> None:
     if dest.is_dir() and any(dest.iterdir()) and not owned_by_data_prep(dest):
         raise DestinationError(
             f"--dest {dest} is a non-empty folder that data_prep did not create (no {MARKER}); refusing to "
-            "replace it. Choose a new or empty folder, or move its content away yourself.")
+            "replace it. Choose a new or empty folder, or move its content away yourself (a copy made by a "
+            "data_prep older than its marker files can simply be deleted).")
 
 
 def _new_staging(dest: Path) -> Path:

@@ -1,4 +1,7 @@
-"""Finding a prepared dataset on disk, with a message that says how to get it when it is missing."""
+"""Finding a prepared dataset on disk, with a message that says how to get it when it is missing.
+
+Studies obtain their data with :func:`data_prep.obtain` (real first, synthetic fallback, freshness decided by
+data_prep's marker); this module only locates a folder that is already there."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,5 +27,6 @@ def dataset_dir(name: str, *, root: str | Path | None = None, synthetic: bool = 
         what = f"missing {', '.join(missing)} in {folder}" if folder.is_dir() else f"no folder {folder}"
         raise DatasetNotFoundError(
             f"dataset {name!r} not found ({what}). Get it with `python -m data_prep {name} --dest {folder}` "
-            f"(or notebook 00_data), or make offline synthetic data with `python -m data_prep {name} --synthetic`.")
+            f"(NBM_MIRROR may name a local mirror; or notebook 00_data), or make offline synthetic data with "
+            f"`python -m data_prep {name} --synthetic`.")
     return folder
