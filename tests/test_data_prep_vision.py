@@ -171,18 +171,3 @@ def test_real_samples_load_unchanged(shared_data: Path):
     assert sum(coco.instance_masks(i).shape[0] for i in range(len(coco))) == 36  # polygons and the RLE
     nette = ImagenetteFolder(shared_data / "imagenette", "train", image_size=64)
     assert len(nette) == 44 and all(nette[i]["image"].shape == (3, 64, 64) for i in range(len(nette)))
-
-
-def test_pipeline_runs_on_the_real_samples(shared_data: Path, tmp_path):
-    from nbmodule.config import make_config
-    from nbmodule.engines.replay import ReplayConfig, load_task_data, run_study
-    from nbmodule.runs import RunDir
-
-    cfg = make_config(ReplayConfig, dict(image_size=64, steps_seg=2, steps_det=2, steps_cls=2, batch_size=2,
-                                         buffer_size=2, latency_size=64, latency_repeats=1, n_examples=1,
-                                         fpn_channels=16, runs=["noreplay"]))
-    data = load_task_data(cfg, paths={"seg": (shared_data / "voc", "trainval", "trainval"),
-                                      "det": (shared_data / "coco", "sample", "sample"),
-                                      "cls": (shared_data / "imagenette", "train", "val")})
-    m = run_study(cfg, RunDir(tmp_path, "02_sequential_replay"), data=data, progress=False)
-    assert m["params"] > 0 and m["seg_miou"] is not None and m["det_map"] is not None and m["cls_top1"] is not None
