@@ -110,7 +110,9 @@ def owned_by_data_prep(folder: str | Path) -> bool:
     meta = folder / "meta.json"  # the few-shot format written by every data_prep version
     if meta.is_file():
         try:
-            return json.loads(meta.read_text()).get("format") == "nbmodule-fewshot-v1"
+            from .formats import FEWSHOT_FORMAT
+
+            return json.loads(meta.read_text()).get("format") == FEWSHOT_FORMAT
         except (OSError, ValueError, AttributeError):
             return False
     return False
