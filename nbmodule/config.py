@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterable, Mapping, TypeVar
 
 import yaml
+from data_prep.options import OptionError, parse_key_value, parse_key_values
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 __all__ = ["Config", "StudyConfig", "ConfigError", "CONFIG_ROOT", "config_path", "list_configs", "make_config",
@@ -160,30 +161,20 @@ def load_config(cls: type[C], path: str | Path, **overrides: Any) -> C:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """``"key=value"`` from a command line -> ``(key, value)``, the value read as YAML (``3``, ``0.1``,
-    ``true``, ``[a, b]``); :class:`ConfigError` names the override when it cannot be read."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key=value (e.g. meta_iterations=500)")
-    key, value = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override {text!r}: the key before '=' is empty")
+    ``true``, ``[a, b]``); :class:`ConfigError` names the override when it cannot be read. The parser is
+    data_prep's (one parser of such texts in the project)."""
     try:
-        return key, yaml.safe_load(value)
-    except yaml.YAMLError as err:
-        msg = str(err).splitlines()[0]
-        raise ConfigError(f"override {text!r}: the value {value!r} is not valid YAML ({msg}); "
-                          "lists are written [a, b], strings with spaces in quotes") from None
+        return parse_key_value(text, what="override")
+    except OptionError as err:
+        raise ConfigError(str(err)) from None
 
 
 def parse_overrides(texts: Iterable[str]) -> dict[str, Any]:
     """Several ``key=value`` overrides; a key given twice is an error (which one should win?)."""
-    out: dict[str, Any] = {}
-    for text in texts:
-        key, value = parse_override(text)
-        if key in out:
-            raise ConfigError(f"override {key!r} is given twice")
-        out[key] = value
-    return out
+    try:
+        return parse_key_values(texts, what="override")
+    except OptionError as err:
+        raise ConfigError(str(err)) from None
 
 
 def pick(values: Mapping[str, Any], cls: type[Config]) -> dict[str, Any]:
