@@ -1,4 +1,5 @@
-"""The sequential replay engine: config validation, replay per step, loss that decreases, run folder, resume."""
+"""The replay study's engine: config bounds, replay per step, learning, AMP, the run folder from both doors, and
+the protocol's definitions (forgetting, metric ranges)."""
 from __future__ import annotations
 
 import csv
@@ -8,43 +9,87 @@ import math
 import pytest
 import torch
 
-from data_prep import coco as prep_coco
-from data_prep import imagenette as prep_imagenette
-from data_prep import voc as prep_voc
-from nbmodule.config import ConfigError, make_config
+from data_prep import obtain
+from nbmodule import cli
+from nbmodule.config import ConfigError
 from nbmodule.data.replay import ReplayBuffer
-from nbmodule.engines.replay import ReplayConfig, forgetting, load_task_data, run_study, train_stage, _new_model
-from nbmodule.runs import RunDir
+from nbmodule.engines import replay as engine
+from nbmodule.engines.replay.protocol import MetricRangeError, check_unit_interval
+from nbmodule.runs import RunContext, RunDir
+from nbmodule.studies import execute, get_study
 
-TINY = dict(image_size=64, steps_seg=2, steps_det=2, steps_cls=2, batch_size=2, buffer_size=4, latency_size=64,
-            latency_repeats=1, n_examples=1, log_every=1, fpn_channels=16)
+Config = engine.Config
+# a few images of 64 px, two steps a stage: seconds per run on 2 CPU cores
+TINY = dict(scale="smoke", image_size=64, n_train=6, n_val=3, steps_seg=2, steps_det=2, steps_cls=2, batch_size=2,
+            buffer_size=4, fpn_channels=16, latency_size=64, latency_repeats=1, n_examples=1, log_every=1)
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
+def data_root(tmp_path_factory):
+    """Smoke-scale synthetic VOC / COCO / Imagenette, prepared once (as the study itself would)."""
     root = tmp_path_factory.mktemp("replay_data")
-    for mod, name in ((prep_voc, "voc"), (prep_coco, "coco"), (prep_imagenette, "imagenette")):
-        mod.synthesize(root / name, seed=0, scale="smoke", n_train=6, n_val=3, image_size=64)
-    return {"seg": root / "voc", "det": root / "coco", "cls": root / "imagenette"}
+    for name in engine.DATASETS.values():
+        obtain(name, root, prefer="synthetic", scale="smoke")
+    return root
 
 
-def test_config_rejects_more_than_ten_replayed_images_and_unknown_values():
-    with pytest.raises(ConfigError, match="replay_max"):
-        make_config(ReplayConfig, {"replay_max": 11})
-    with pytest.raises(ConfigError, match="buffer_policy"):
-        make_config(ReplayConfig, {"buffer_policy": "newest"})
-    with pytest.raises(ConfigError, match="image_size"):
-        make_config(ReplayConfig, {"image_size": 100})  # not a multiple of 32
+@pytest.fixture(scope="module")
+def tasks(data_root):
+    return engine.prepare_tasks(Config.from_values(TINY), data_root)
+
+
+def _ctx(data_root, **kw) -> RunContext:
+    return RunContext.create(device="cpu", data=data_root, progress=False, **kw)
+
+
+def test_config_bounds_fail_before_training_naming_the_field():
+    for bad, field in (({"replay_max": 11}, "replay_max"), ({"buffer_policy": "newest"}, "buffer_policy"),
+                       ({"image_size": 100}, "image_size"), ({"image_size": 0}, "image_size"),
+                       ({"latency_size": 16}, "latency_size"), ({"runs": ["lwf", "lwf"]}, "runs"),
+                       ({"replay_tasks": ["seg", "seg"]}, "replay_tasks"), ({"det_classes": []}, "det_classes"),
+                       ({"batch_size": 0}, "batch_size"), ({"seed": -1}, "seed"), ({"scale": "huge"}, "scale")):
+        with pytest.raises(ConfigError, match=field):
+            Config.from_values(bad)
     with pytest.raises(ConfigError, match="unknown field 'replay_every'"):
-        make_config(ReplayConfig, {"replay_every": 3})
-    assert make_config(ReplayConfig, {"batch_size": 64, "replay_ratio": 1.0}).replay_per_task() == 10
-    assert make_config(ReplayConfig, {"batch_size": 8, "replay_ratio": 0.5}).replay_per_task() == 4
+        Config.from_values({"replay_every": 3})
+    assert Config.from_values({"batch_size": 64, "replay_ratio": 1.0}).replay_per_task() == 10
+    assert Config.from_values({"batch_size": 8, "replay_ratio": 0.5}).replay_per_task() == 4
+    assert Config.from_values({"image_size": 32}).image_size == 32  # the smallest a stride-32 backbone takes
+
+
+def test_a_config_naming_absent_coco_categories_is_refused_before_training(data_root):
+    with pytest.raises(ConfigError, match=r"det data at .*'zebra'"):
+        engine.prepare_tasks(Config.from_values({**TINY, "det_classes": ["zebra"]}), data_root)
 
 
 def test_forgetting_is_relative_percent_and_absolute_points():
-    rel, pts = forgetting(0.5, 0.45)
-    assert math.isclose(rel, 10.0) and math.isclose(pts, 5.0)
-    assert math.isnan(forgetting(0.0, 0.0)[0])
+    assert engine.forgetting(0.5, 0.45) == pytest.approx((10.0, 5.0))
+    assert engine.forgetting(0.4, 0.5) == pytest.approx((-25.0, -10.0))  # a gain is a negative drop
+    assert math.isnan(engine.forgetting(0.0, 0.0)[0]) and engine.forgetting(0.0, 0.0)[1] == 0.0
+    assert all(math.isnan(v) for v in engine.forgetting(None, 0.3))
+    assert engine.mean_drop([10.0, None, float("nan"), 20.0]) == 15.0 and math.isnan(engine.mean_drop([None]))
+
+
+def test_a_metric_out_of_range_is_an_error_naming_it():
+    check_unit_interval({"seg_miou": 0.0, "det_map": 1.0, "cls_top1": None, "det_map50": float("nan")}, "ok")
+    with pytest.raises(MetricRangeError, match=r"seg_miou=1.04.*cls_top1=-0.1"):
+        check_unit_interval({"seg_miou": 1.04, "det_map": 0.5, "cls_top1": -0.1}, "here")
+
+
+def test_evaluation_refuses_an_impossible_value(tasks, monkeypatch):
+    from nbmodule.engines.replay import evaluation
+
+    model = get_model(tasks)
+    monkeypatch.setattr(evaluation, "top1_accuracy", lambda logits, labels: 1.5)
+    with pytest.raises(MetricRangeError, match=r"cls_top1=1.5"):
+        engine.evaluate(model, "cls", tasks["cls"].val, torch.device("cpu"))
+
+
+def get_model(tasks, **kw):
+    from nbmodule.models import build_model
+
+    return build_model("unified", num_seg_classes=tasks["seg"].num_classes, num_det_classes=tasks["det"].num_classes,
+                       num_cls_classes=tasks["cls"].num_classes, fpn_channels=16, **kw)
 
 
 class _Recording(ReplayBuffer):
@@ -57,89 +102,79 @@ class _Recording(ReplayBuffer):
         return super().sample(k, generator)
 
 
-def test_each_step_replays_at_most_the_configured_images_per_earlier_task(tiny_data):
-    cfg = make_config(ReplayConfig, {**TINY, "steps_det": 3, "batch_size": 4, "replay_ratio": 0.5})
-    data = load_task_data(cfg, paths=tiny_data)
+def test_each_step_replays_at_most_the_configured_images_per_earlier_task(tasks):
+    cfg = Config.from_values({**TINY, "steps_det": 3, "batch_size": 4, "replay_ratio": 0.5})
     buf = _Recording(4, seed=0)
-    buf.update(data["seg"].train)
-    model = _new_model(cfg, data, 0)
-    rows = train_stage(model, "det", data["det"], cfg, device=torch.device("cpu"),
-                       generator=torch.Generator().manual_seed(0), buffers={"seg": buf}, progress=False)
+    buf.update(tasks["seg"].train)
+    rows = engine.train_stage(get_model(tasks), "det", tasks["det"], cfg, device=torch.device("cpu"), seed=0,
+                              buffers={"seg": buf})
     assert buf.asked == [2, 2, 2]
     assert all(r["extra_loss"] > 0 for r in rows)  # the replayed segmentation loss is part of every step
 
 
-def test_training_a_stage_lowers_its_loss(tiny_data):
-    cfg = make_config(ReplayConfig, {**TINY, "steps_seg": 30, "batch_size": 4, "lr": 0.005, "log_every": 5})
-    data = load_task_data(cfg, paths=tiny_data)
-    model = _new_model(cfg, data, 0)
-    rows = train_stage(model, "seg", data["seg"], cfg, device=torch.device("cpu"),
-                       generator=torch.Generator().manual_seed(0), progress=False)
+def test_training_a_stage_lowers_its_loss(tasks):
+    cfg = Config.from_values({**TINY, "steps_seg": 30, "batch_size": 4, "lr": 0.005, "log_every": 5})
+    rows = engine.train_stage(get_model(tasks), "seg", tasks["seg"], cfg, device=torch.device("cpu"), seed=0)
     assert rows[-1]["task_loss"] < 0.75 * rows[0]["task_loss"]
 
 
-def test_run_study_writes_the_contract_and_resumes_from_checkpoints(tiny_data, tmp_path):
-    cfg = make_config(ReplayConfig, {**TINY, "runs": ["noreplay", "alone", "lwf"]})
-    data = load_task_data(cfg, paths=tiny_data)
-    rd = RunDir(tmp_path, "02_sequential_replay")
-    m = run_study(cfg, rd, data=data, seed=0, progress=False)
-    for key in ("seg_miou", "det_map", "det_map50", "cls_top1", "seg_drop_pct", "det_drop_pct", "cls_drop_pct",
-                "noreplay_seg_miou", "noreplay_seg_drop_pct", "noreplay_det_drop_pct", "noreplay_cls_drop_pct",
-                "lwf_seg_drop_pct", "alone_seg_miou", "alone_det_map", "alone_cls_top1", "params", "latency_ms"):
+def test_amp_trains_in_bfloat16_on_cpu(tasks):
+    cfg = Config.from_values({**TINY, "amp": True, "steps_cls": 3})
+    model = get_model(tasks)
+    seen = []
+    model.head.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    rows = engine.train_stage(model, "cls", tasks["cls"], cfg, device=torch.device("cpu"), seed=0)
+    assert seen and set(seen) == {torch.bfloat16} and all(math.isfinite(r["loss"]) for r in rows)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay float32
+    prec = engine.Precision(True, torch.device("cpu"))
+    assert prec.dtype == torch.bfloat16 and not prec.scaler.is_enabled() and "bfloat16" in prec.describe()
+    assert engine.Precision(False, torch.device("cpu")).describe() == "float32"
+
+
+def _rows(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_both_doors_write_the_contract_and_a_rerun_reuses_it(data_root, tmp_path):
+    """The command line, then execute() on the same folder: same numbers, every stage read back."""
+    study = get_study("replay")
+    values = {**TINY, "runs": ["noreplay", "alone", "lwf"]}
+    overrides = [f"{k}={json.dumps(v)}" for k, v in values.items()]
+    assert cli.main(["run", "replay", "--config", "default", "--out", str(tmp_path), "--data", str(data_root),
+                     "--device", "cpu", "--no-progress", *overrides]) == 0
+    rd = RunDir(tmp_path, study.notebook)
+    m = rd.metrics
+    for key in ("seg_miou", "det_map", "det_map50", "cls_top1", "seg_drop_pct", "det_drop_abs", "mean_drop_pct",
+                "noreplay_seg_miou", "noreplay_det_drop_pct", "lwf_seg_drop_pct", "alone_seg_miou", "alone_det_map",
+                "alone_cls_top1", "params", "latency_ms", "pretrained", "synthetic", "replay_per_task", "train_s"):
         assert key in m, key
-    assert 0 < m["params"] < 8_000_000 and m["latency_ms"] > 0
-    assert m["cls_drop_pct"] in (0.0, None)  # the last task: its own stage is the end of training
-    with open(rd / "stage_table.csv") as fh:
-        table = list(csv.DictReader(fh))
+    assert m["synthetic"] == 1 and m["pretrained"] == 0 and 0 < m["params"] < 8_000_000 and m["latency_ms"] > 0
+    check_unit_interval({k: v for k, v in m.items() if k.endswith(engine.METRICS)}, "metrics.json")
+    # stage 1 is shared: every sequential run and the segmentation-alone run start from the same model
+    assert m["noreplay_stage1_seg_miou"] == m["lwf_stage1_seg_miou"] == m["stage1_seg_miou"] == m["alone_seg_miou"]
+    for prefix in ("", "noreplay_", "lwf_"):  # the drops are the protocol's forgetting of the stage metrics
+        for k, (task, metric) in enumerate(engine.TASK_METRIC.items(), start=1):
+            rel, pts = engine.forgetting(m[f"{prefix}stage{k}_{metric}"], m[f"{prefix}{metric}"])
+            assert m[f"{prefix}{task}_drop_abs"] == pytest.approx(pts)
+            assert m[f"{prefix}{task}_drop_pct"] == (None if math.isnan(rel) else pytest.approx(rel))
+    if m["noreplay_mean_drop_pct"] is not None and m["mean_drop_pct"] is not None:
+        assert m["forgetting_reduction_pct"] == pytest.approx(m["noreplay_mean_drop_pct"] - m["mean_drop_pct"])
+    table = _rows(rd / "stage_table.csv")
+    assert list(table[0]) == list(engine.STAGE_COLUMNS)
     assert [(r["run"], r["stage"]) for r in table[:3]] == [("replay", "seg"), ("replay", "det"), ("replay", "cls")]
     assert table[0]["det_map"] == "" and table[2]["cls_top1"] != ""  # not learned yet -> empty
     loss = rd.curve("loss")
-    assert {"run", "seed", "step", "stage", "loss"} <= set(loss[0])
-    assert {r["run"] for r in loss} >= {"replay", "noreplay", "lwf", "alone_seg", "alone_det", "alone_cls"}
-    assert {p.name for p in (rd.path / "checkpoints").iterdir()} >= {"seq_1_seg.pt", "replay_2_det.pt",
-                                                                       "replay_3_cls.pt", "noreplay_3_cls.pt"}
-    assert (rd / "examples.pt").is_file() and json.loads((rd / "weights.json").read_text())["weights"]
-    # stage 1 is shared: the no-replay run starts from the very same segmentation model
-    assert m["noreplay_stage1_seg_miou"] == m["stage1_seg_miou"] == m["alone_seg_miou"]
+    assert {r["run"] for r in loss} == {"replay", "noreplay", "lwf", "alone_seg", "alone_det", "alone_cls"}
+    assert {p.name for p in (rd.path / "checkpoints").glob("*.pt")} >= {
+        "seq_1_seg.pt", "replay_2_det.pt", "replay_3_cls.pt", "noreplay_3_cls.pt", "lwf_2_det.pt", "alone_cls.pt"}
+    assert json.loads((rd / "weights.json").read_text())["weights"] == "random (pretrained=False)"
+    data = json.loads((rd / "data.json").read_text())
+    assert all(d["synthetic"] and d["train"] == 6 and d["val"] == 3 for d in data.values())
+    assert {f"{s.name}.png" for s in study.figures()} <= {p.name for p in rd.path.iterdir()}
 
-    # a rerun loads every finished stage instead of training it, and reproduces the numbers
-    again = run_study(cfg, RunDir(tmp_path, "02_sequential_replay"), data=data, seed=0, progress=False)
-    assert again["train_s"] == 0
-    for key in ("seg_miou", "det_map", "cls_top1", "noreplay_seg_drop_pct", "alone_det_map"):
-        assert again[key] == m[key] or (again[key] is None and m[key] is None)
-
-
-def test_resume_after_an_interrupted_stage_matches_an_uninterrupted_run(tiny_data, tmp_path):
-    cfg = make_config(ReplayConfig, {**TINY, "runs": []})
-    data = load_task_data(cfg, paths=tiny_data)
-    full = run_study(cfg, RunDir(tmp_path / "a", "r"), data=data, seed=1, progress=False)
-    rd = RunDir(tmp_path / "b", "r")
-    run_study(cfg, rd, data=data, seed=1, progress=False)
-    rd.checkpoint_path("replay_3_cls").unlink()  # as if the kernel died during stage 3
-    resumed = run_study(cfg, rd, data=data, seed=1, progress=False)
-    for key in ("seg_miou", "det_map", "det_map50", "cls_top1", "seg_drop_pct"):
-        a, b = full[key], resumed[key]
-        assert (a is None and b is None) or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6), key
-
-
-@pytest.mark.parametrize("name", ["smoke", "cpu", "gpu", "fixed_buffer"])
-def test_yaml_configs_load(name):
-    from pathlib import Path
-
-    from nbmodule.config import load_config
-
-    cfg = load_config(ReplayConfig, Path(__file__).resolve().parent.parent / "configs" / "replay" / f"{name}.yaml")
-    assert cfg.replay_per_task() <= 10
-
-
-def test_cli_runs_a_yaml_config(tiny_data, tmp_path):
-    from nbmodule.engines.replay import main
-
-    cfg_file = tmp_path / "tiny.yaml"
-    cfg_file.write_text("\n".join(f"{k}: {v}" for k, v in {**TINY, "runs": "[]"}.items()))
-    data_root = tmp_path / "data"
-    (data_root / "synthetic").mkdir(parents=True)
-    for task, name in (("seg", "voc"), ("det", "coco"), ("cls", "imagenette")):
-        (data_root / "synthetic" / name).symlink_to(tiny_data[task])
-    assert main(["--config", str(cfg_file), "--out", str(tmp_path / "runs"), "--data", str(data_root)]) == 0
-    assert (tmp_path / "runs" / "02_sequential_replay" / "metrics.json").is_file()
+    stamps = {p.name: p.stat().st_mtime_ns for p in (rd.path / "checkpoints").iterdir()}
+    cfg = Config.from_values(values)
+    again = execute(study, cfg, rd, _ctx(data_root))
+    assert {k: v for k, v in again.items() if k != "latency_ms"} == {k: v for k, v in m.items() if k != "latency_ms"}
+    assert {p.name: p.stat().st_mtime_ns for p in (rd.path / "checkpoints").iterdir()} == stamps  # nothing retrained

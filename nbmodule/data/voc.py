@@ -46,7 +46,8 @@ def read_voc_mask(path: str | Path) -> torch.Tensor:
 
 
 class VOCSegmentation(TaskDataset):
-    """VOC segmentation split: items ``{"image", "mask" (S, S) int64 in 0..20 or 255, "index"}``."""
+    """VOC segmentation split: items ``{"image", "mask" (S, S) int64 in 0..20 or 255, "index"}``; the
+    original-resolution mask of item ``i`` is :meth:`full_mask`."""
 
     task = "seg"
     num_classes = len(VOC_CLASSES)
@@ -61,7 +62,18 @@ class VOCSegmentation(TaskDataset):
             raise DatasetNotFoundError(f"VOC split {split!r} not found ({listing}); available splits: {have}")
         self.ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()][:limit]
         self.split = split
+        self._full_masks: dict[int, torch.Tensor] = {}
         super().__init__(image_size=image_size, train=train, cache=cache)
+
+    def full_mask(self, i: int) -> torch.Tensor:
+        """Item ``i``'s mask at its image's original resolution, int64 (H, W): what mIoU is scored against
+        (VOC's benchmark compares predictions with the original label maps, never with resized ones)."""
+        if i not in self._full_masks:
+            mask = read_voc_mask(self.root / "SegmentationClass" / f"{self.ids[i]}.png")
+            if not self.cache:
+                return mask
+            self._full_masks[i] = mask
+        return self._full_masks[i]
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -1,27 +1,30 @@
 """Figures and tables of the sequential replay study (notebook 02), drawn from its run folder only.
 
-Reads ``curves/loss.csv``, ``curves/stage_metrics.csv``, ``stage_table.csv``, ``metrics.json`` and
-``examples.pt`` as written by :mod:`nbmodule.engines.replay`.
+Reads what :mod:`nbmodule.engines.replay` writes (``stage_table.csv``, ``curves/loss.csv``,
+``curves/stage_metrics.csv``, ``metrics.json``, ``examples.pt``), in that layout only. The tasks, their
+metrics, the forgetting computation and the 5% limit are the engine's own definitions
+(:mod:`nbmodule.engines.replay.protocol`), so a table here and a number in ``metrics.json`` cannot disagree.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 
-from ..runs import read_metrics
-from .plots import FigureSpec, new_figure, num as _num, when_present
-from .rundata import read_metrics_file
+from ..engines.replay.protocol import FORGETTING_LIMIT_PCT, METRICS, TASK_METRIC, TASKS, forgetting
+from ..runs import RunDir
+from .plots import FigureSpec, new_figure, when_present
 
-__all__ = ["stage_table", "drop_table", "plot_drops", "plot_loss_curves", "plot_metric_evolution", "plot_examples",
+__all__ = ["stage_table", "read_stage_table", "drop_table", "summary_table", "data_table", "data_banner",
+           "model_summary", "plot_loss_curves",
+           "plot_metric_evolution", "plot_examples", "plot_replay_stages", "plot_replay_forgetting", "FIGURES",
            "FORGETTING_LIMIT_PCT"]
 
-FORGETTING_LIMIT_PCT = 5.0
-_TASK_METRIC = {"seg": "seg_miou", "det": "det_map", "cls": "cls_top1"}
-_STAGE_TASK = {1: "seg", 2: "det", 3: "cls"}
+_STAGE_NUMBER = {task: k for k, task in enumerate(TASKS, start=1)}
+_VARIANTS = (("replay", "replay", "tab:blue"), ("lwf", "LwF", "tab:purple"), ("noreplay", "no replay", "tab:gray"))
 
 
 def _runs_order(runs) -> list[str]:
@@ -29,26 +32,95 @@ def _runs_order(runs) -> list[str]:
 
 
 def stage_table(run_dir: str | Path) -> pd.DataFrame:
-    """``stage_table.csv``: one row per (run, after-stage), one column per task metric (NaN = not learned)."""
-    return pd.read_csv(Path(run_dir) / "stage_table.csv")
+    """``stage_table.csv`` as written by the engine: columns ``run``, ``stage`` (seg|det|cls: after that stage)
+    and task metrics (NaN: not learned yet). Any other layout is an error naming the file."""
+    path = Path(run_dir) / "stage_table.csv"
+    df = pd.read_csv(path)
+    metrics = [c for c in df.columns if c not in ("run", "stage")]
+    if list(df.columns[:2]) != ["run", "stage"] or not metrics or set(metrics) - set(METRICS):
+        raise ValueError(f"{path}: columns {list(df.columns)}; the replay engine writes run, stage, "
+                         f"{', '.join(METRICS)}")
+    unknown = set(df["stage"]) - set(TASKS)
+    if unknown:
+        raise ValueError(f"{path}: stage values {sorted(map(str, unknown))}; expected {', '.join(TASKS)}")
+    df["run"] = df["run"].astype(str)
+    return df
 
 
-def drop_table(run_dir: str | Path) -> pd.DataFrame:
-    """Per sequential run and task: metric at the end of its own stage, final metric, drop in % and points,
-    and whether the drop is within the 5% limit."""
-    m = read_metrics(run_dir)
-    table = stage_table(run_dir)
+def read_stage_table(run_dir: str | Path) -> pd.DataFrame | None:
+    """:func:`stage_table` in long form (columns ``run, stage, task, value``; ``task`` is the metric's name),
+    or None when the run folder has none."""
+    if not (Path(run_dir) / "stage_table.csv").is_file():
+        return None
+    df = stage_table(run_dir)
+    return df.melt(id_vars=["run", "stage"], var_name="task", value_name="value")
+
+
+def drop_table(run_dir: str | Path) -> pd.DataFrame | None:
+    """Forgetting per sequential run and task, from ``stage_table.csv``: the task's metric at the end of its
+    own stage, at the end of training, the relative drop (%), the absolute drop (percentage points) and
+    whether it is within the 5% limit. The same computation as the engine's ``{task}_drop_pct``."""
+    if not (Path(run_dir) / "stage_table.csv").is_file():
+        return None
+    df = stage_table(run_dir)
     rows = []
-    for run in _runs_order(table["run"]):
-        prefix = "" if run == "replay" else f"{run}_"
-        for k, (task, metric) in enumerate(_TASK_METRIC.items(), start=1):
-            own = m.get(f"{prefix}stage{k}_{metric}")
-            rel = m.get(f"{prefix}{task}_drop_pct")
-            rows.append({"run": run, "task": task, "metric": metric, "end_of_own_stage": own,
-                         "final": m.get(f"{prefix}{metric}"), "drop_pct": rel,
-                         "drop_points": m.get(f"{prefix}{task}_drop_abs"),
-                         "within_5pct": None if rel is None else bool(rel <= FORGETTING_LIMIT_PCT)})
+    for run in _runs_order(df["run"]):
+        if run.startswith("alone"):  # trained alone: nothing to forget
+            continue
+        g = df[df["run"] == run].set_index("stage")
+        for task, metric in TASK_METRIC.items():
+            if metric not in g.columns or task not in g.index:
+                continue
+            own = float(g.at[task, metric])
+            final = float(g.at[TASKS[-1], metric]) if TASKS[-1] in g.index else np.nan
+            rel, points = forgetting(own, final)
+            rows.append({"run": run, "task": task, "metric": metric, "end_of_own_stage": own, "final": final,
+                         "drop_pct": rel, "drop_points": points,
+                         "within_limit": bool(rel <= FORGETTING_LIMIT_PCT) if np.isfinite(rel) else None})
     return pd.DataFrame(rows)
+
+
+def summary_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per run of ``metrics.json``: its final metrics and mean forgetting of the earlier tasks."""
+    rows = []
+    for run, prefix in (("replay", ""), ("noreplay", "noreplay_"), ("lwf", "lwf_"), ("alone", "alone_")):
+        if all(f"{prefix}{m}" not in metrics for m in METRICS):
+            continue
+        row = {"run": run, **{m: metrics.get(f"{prefix}{m}") for m in METRICS}}
+        row["mean_drop_pct"] = None if run == "alone" else metrics.get(f"{prefix}mean_drop_pct")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def data_table(run_dir: str | Path) -> pd.DataFrame:
+    """Where each task's data came from (``data.json``): dataset, real or synthetic, source, why, sizes."""
+    data = RunDir(run_dir, create=False).read_json("data.json", {})
+    return pd.DataFrame([{"task": t, "dataset": d["dataset"], "synthetic": d["synthetic"], "source": d["source"],
+                          "train": d["train"], "val": d["val"], "classes": len(d["classes"]), "note": d["note"]}
+                         for t, d in data.items()])
+
+
+def data_banner(run_dir: str | Path) -> str:
+    """One line per task that was trained on synthetic data (and why), or a line saying all data are real."""
+    table = data_table(run_dir)
+    if table.empty:
+        return f"{run_dir}: no data.json"
+    synthetic = table[table["synthetic"]]
+    if synthetic.empty:
+        return "REAL DATA: " + "; ".join(f"{r.task}: {r.dataset} from {r.source}" for r in table.itertuples())
+    return "\n".join(f"SYNTHETIC DATA for {r.task} ({r.dataset}): {r.note}. Metrics of this task measure the "
+                     "pipeline on shapes, not performance on the real dataset." for r in synthetic.itertuples())
+
+
+def model_summary(run_dir: str | Path) -> str:
+    """Backbone, where its weights came from, precision, parameters and latency (``weights.json``, metrics)."""
+    run = RunDir(run_dir, create=False)
+    w, m = run.read_json("weights.json", {}), run.metrics
+    lat = w.get("latency", {})
+    return (f"{w.get('backbone')}: weights {w.get('weights')}; training precision {w.get('precision')}; "
+            f"{m.get('params', 0):,} parameters (all counted; limit 8M); latency {m.get('latency_ms', float('nan')):.1f} ms "
+            f"per {lat.get('resolution')} image (batch 1, {w.get('latency_precision')}, median of "
+            f"{lat.get('repeats')} on {lat.get('device')})")
 
 
 def plot_loss_curves(run_dir: str | Path) -> Figure:
@@ -70,11 +142,11 @@ def plot_loss_curves(run_dir: str | Path) -> Figure:
             g = df[df["run"] == panel]
             for stage, gs in g.groupby("stage"):
                 ax.plot(gs["step"], gs["task_loss"], color=colours.get(int(stage)), marker="o", markersize=2,
-                        label=f"stage {int(stage)}: {_STAGE_TASK.get(int(stage))}")
+                        label=f"stage {int(stage)}: {TASKS[int(stage) - 1]}")
                 if (gs["extra_loss"] > 0).any():
                     ax.plot(gs["step"], gs["extra_loss"], color=colours.get(int(stage)), linestyle="--",
                             label=f"stage {int(stage)}: replay/LwF term")
-            ax.set_title(f"{panel}", fontsize=10)
+            ax.set_title(panel, fontsize=10)
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
@@ -84,12 +156,11 @@ def plot_loss_curves(run_dir: str | Path) -> Figure:
 
 
 def plot_metric_evolution(run_dir: str | Path) -> Figure:
-    """Each task's validation metric after every stage, one line per sequential run; alone runs dashed."""
+    """Each task's validation metric after every stage, one line per sequential run; alone runs dotted."""
     df = pd.read_csv(Path(run_dir) / "curves" / "stage_metrics.csv")
-    metrics = ["seg_miou", "det_map", "det_map50", "cls_top1"]
-    fig = Figure(figsize=(3.4 * len(metrics), 3.0), layout="constrained")
-    axes = fig.subplots(1, len(metrics))
-    for ax, metric in zip(axes, metrics):
+    fig = Figure(figsize=(3.4 * len(METRICS), 3.0), layout="constrained")
+    axes = fig.subplots(1, len(METRICS))
+    for ax, metric in zip(axes, METRICS):
         for run in _runs_order(df["run"]):
             g = df[df["run"] == run].dropna(subset=[metric])
             if g.empty:
@@ -98,7 +169,7 @@ def plot_metric_evolution(run_dir: str | Path) -> Figure:
                 ax.axhline(float(g[metric].iloc[-1]), color="k", linestyle=":", linewidth=1, label="trained alone")
             else:
                 ax.plot(g["stage"], g[metric], marker="o", label=run)
-        ax.set_xticks([1, 2, 3], ["after seg", "after det", "after cls"], fontsize=8)
+        ax.set_xticks(list(_STAGE_NUMBER.values()), [f"after {t}" for t in TASKS], fontsize=8)
         ax.set_title(metric, fontsize=10)
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7, frameon=False)
@@ -106,19 +177,22 @@ def plot_metric_evolution(run_dir: str | Path) -> Figure:
 
 
 def plot_examples(run_dir: str | Path, max_images: int = 3) -> Figure:
-    """Validation images with truth and prediction: masks (segmentation), boxes (detection), labels."""
-    ex = torch.load(Path(run_dir) / "examples.pt", weights_only=False)
-    from matplotlib import colormaps
+    """Validation images with truth and prediction: masks (segmentation), boxes (detection), labels.
 
-    n = min(max_images, min(len(ex[t]["images"]) for t in ("seg", "det", "cls") if t in ex))
+    ``examples.pt`` is loaded with ``weights_only=True``: a run folder from elsewhere cannot run code."""
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+
+    ex = RunDir(run_dir, create=False).load_tensors("examples.pt")
+    n = min(max_images, min(len(ex[t]["images"]) for t in TASKS if t in ex))
     fig = Figure(figsize=(2.6 * n * 2, 2.6 * 3), layout="constrained")
-    axes = fig.subplots(3, 2 * n)
+    axes = fig.subplots(3, 2 * n, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     names = ex.get("classes", {})
     cmap = colormaps["tab20"].resampled(21)
 
-    def colour_mask(mask: torch.Tensor) -> np.ndarray:
+    def colour_mask(mask) -> np.ndarray:
         m = mask.numpy().astype(int)
         rgb = cmap(np.clip(m, 0, 20))[..., :3]
         rgb[m == 0] = 0
@@ -128,12 +202,10 @@ def plot_examples(run_dir: str | Path, max_images: int = 3) -> Figure:
     for i in range(n):
         if "seg" in ex:
             img = ex["seg"]["images"][i].permute(1, 2, 0).numpy()
-            axes[0, 2 * i].imshow(img)
-            axes[0, 2 * i].imshow(colour_mask(ex["seg"]["true_mask"][i]), alpha=0.45)
-            axes[0, 2 * i].set_title("seg: truth", fontsize=8)
-            axes[0, 2 * i + 1].imshow(img)
-            axes[0, 2 * i + 1].imshow(colour_mask(ex["seg"]["pred_mask"][i]), alpha=0.45)
-            axes[0, 2 * i + 1].set_title("seg: prediction", fontsize=8)
+            for j, (key, title) in enumerate((("true_mask", "seg: truth"), ("pred_mask", "seg: prediction"))):
+                axes[0, 2 * i + j].imshow(img)
+                axes[0, 2 * i + j].imshow(colour_mask(ex["seg"][key][i]), alpha=0.45)
+                axes[0, 2 * i + j].set_title(title, fontsize=8)
         if "det" in ex:
             d = ex["det"]
             det_names = names.get("det", [])
@@ -146,8 +218,7 @@ def plot_examples(run_dir: str | Path, max_images: int = 3) -> Figure:
                 keep = range(len(boxes)) if scores is None else [k for k in range(len(boxes)) if scores[k] > 0.3]
                 for k in keep:
                     x1, y1, x2, y2 = boxes[k].tolist()
-                    ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
-                        (x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.2))
+                    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.2))
                     lab = int(labels[k])
                     text = det_names[lab] if lab < len(det_names) else str(lab)
                     if scores is not None:
@@ -167,144 +238,71 @@ def plot_examples(run_dir: str | Path, max_images: int = 3) -> Figure:
     return fig
 
 
-def plot_drops(run_dir: str | Path) -> Figure:
-    """Forgetting per task (relative %, end of own stage -> end of training) for every sequential run,
-    against the 5% limit; bar labels give the absolute drop in points too."""
-    d = drop_table(run_dir)
-    d = d[d["task"] != "cls"]  # the last task cannot be forgotten: its own stage is the end of training
-    runs = _runs_order(d["run"])
-    tasks = list(dict.fromkeys(d["task"]))
-    fig = Figure(figsize=(1.8 + 1.6 * len(tasks) * len(runs) / 2, 3.2), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(runs))
-    for i, run in enumerate(runs):
-        g = d[d["run"] == run].set_index("task").reindex(tasks)
-        vals = g["drop_pct"].astype(float).to_numpy()
-        bars = ax.bar(np.arange(len(tasks)) + (i - (len(runs) - 1) / 2) * width, vals, width, label=run)
-        ax.bar_label(bars, labels=[f"{v:.1f}%\n({p:.1f} pts)" if np.isfinite(v) else "n/a"
-                                   for v, p in zip(vals, g["drop_points"].astype(float))], fontsize=7)
-    ax.axhline(FORGETTING_LIMIT_PCT, color="tab:red", linestyle="--", linewidth=1, label="5% limit")
-    ax.set_xticks(np.arange(len(tasks)), [f"{t} ({_TASK_METRIC[t]})" for t in tasks])
-    ax.set_ylabel("drop from own stage, %")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
-    return fig
-
-
-# --- moved from nbmodule/viz/studies.py (drawn by notebook 06) ------------------------------------
-def read_stage_table(run_dir: str | Path) -> pd.DataFrame | None:
-    """``stage_table.csv`` in long form: columns ``run, stage, task, value`` (``None`` when absent).
-
-    Accepts the long layout (columns ``stage``, ``task`` and a value column: ``value`` or the one numeric
-    column left) and the wide one (one row per stage, one column per task metric). ``run`` defaults to
-    ``replay``. Stage order is kept as first seen.
-    """
-    path = Path(run_dir) / "stage_table.csv"
-    if not path.is_file():
-        return None
-    df = pd.read_csv(path)
-    if df.empty or "stage" not in df.columns:
-        return None
-    if "run" not in df.columns:
-        df["run"] = "replay"
-    df["run"] = df["run"].astype(str)
-    if "task" in df.columns:
-        if "value" not in df.columns:
-            nums = [c for c in df.columns if c not in ("run", "stage", "task", "seed")
-                    and pd.api.types.is_numeric_dtype(df[c])]
-            if not nums:
-                return None
-            df = df.rename(columns={nums[0]: "value"})
-        if "metric" in df.columns:  # name the task by its metric: "seg (miou)"
-            df["task"] = df["task"].astype(str) + " (" + df["metric"].astype(str) + ")"
-        long = df[["run", "stage", "task", "value"]].copy()
-    else:
-        keep = [c for c in df.columns if c not in ("run", "stage", "seed") and pd.api.types.is_numeric_dtype(df[c])]
-        long = df.melt(id_vars=["run", "stage"], value_vars=keep, var_name="task", value_name="value")
-    long["stage"] = long["stage"].astype(str)
-    long["task"] = long["task"].astype(str)
-    return long
-
-
-def _forgetting(long: pd.DataFrame) -> pd.DataFrame:
-    """Per run and task: drop (percent, relative) from the first stage the task was measured to the last."""
-    stages = list(dict.fromkeys(long["stage"]))
-    rows = []
-    for (run, task), g in long.dropna(subset=["value"]).groupby(["run", "task"], sort=False):
-        g = g.assign(order=g["stage"].map(stages.index)).sort_values("order")
-        own, last = float(g["value"].iloc[0]), float(g["value"].iloc[-1])
-        drop = 100.0 * (own - last) / abs(own) if own else float("nan")
-        rows.append({"run": run, "task": task, "own_stage": own, "final": last, "drop_pct": drop,
-                     "drop_points": own - last})
-    return pd.DataFrame(rows)
-
-
 def plot_replay_stages(run_dir: str | Path) -> Figure | None:
-    """Stage-by-task metric table per run as heatmaps, and the forgetting of every task as a heatmap."""
+    """Stage-by-task metric table per sequential run as heatmaps, and the forgetting of every earlier task."""
     long = read_stage_table(run_dir)
-    if long is None or long.empty:
+    if long is None:
         return None
     import seaborn as sns
 
-    long = long[~long["run"].str.startswith("alone")]  # single-task runs: nothing to forget
+    long = long[~long["run"].str.startswith("alone")].dropna(subset=["value"])
     if long.empty:
         return None
-    runs = sorted(long["run"].unique(), key=lambda r: (r != "replay", r != "noreplay", r))
-    stages = list(dict.fromkeys(long["stage"]))
-    tasks = list(dict.fromkeys(long["task"]))
-    fig, axes = new_figure(4.2 * (len(runs) + 1), 0.9 + 0.55 * max(len(stages), len(runs)) + 1.2,
+    runs = _runs_order(long["run"])
+    metrics = [m for m in METRICS if m in set(long["task"])]
+    fig, axes = new_figure(4.2 * (len(runs) + 1), 0.9 + 0.55 * max(len(TASKS), len(runs)) + 1.2,
                            ncols=len(runs) + 1)
     axes = np.atleast_1d(axes)
     vmin, vmax = float(long["value"].min()), float(long["value"].max())
     for ax, run in zip(axes, runs):
-        table = long[long["run"] == run].pivot_table(index="stage", columns="task", values="value",
-                                                     aggfunc="mean", sort=False)
-        table = table.reindex(index=[s for s in stages if s in table.index], columns=tasks)
+        table = long[long["run"] == run].pivot_table(index="stage", columns="task", values="value", aggfunc="mean")
+        table = table.reindex(index=[s for s in TASKS if s in table.index], columns=metrics)
         sns.heatmap(table, ax=ax, annot=True, fmt=".3g", cmap="viridis", cbar=False, linewidths=0.5,
                     vmin=vmin, vmax=vmax, annot_kws={"fontsize": 8})  # one scale for all runs: comparable
         ax.set_title(f"{run}: metric after each stage", fontsize=10)
-        ax.set_xlabel("task")
+        ax.set_xlabel("task metric")
         ax.set_ylabel("after stage")
-    forget = _forgetting(long)
-    drop = forget.pivot_table(index="run", columns="task", values="drop_pct", sort=False)
-    drop = drop.reindex(index=runs, columns=tasks)
+    drops = drop_table(run_dir)
+    drops = drops[drops["task"] != TASKS[-1]]  # the last task's own stage is the end of training
+    drop = drops.pivot_table(index="run", columns="metric", values="drop_pct")
+    drop = drop.reindex(index=runs, columns=[TASK_METRIC[t] for t in TASKS[:-1] if TASK_METRIC[t] in drop.columns])
     # Centred on the limit: green within it, red beyond; saturates at 4x the limit so small drops stay visible.
     lim = FORGETTING_LIMIT_PCT
     sns.heatmap(drop, ax=axes[-1], annot=True, fmt=".1f", cmap="RdYlGn_r", center=lim, vmin=-2 * lim, vmax=4 * lim,
                 linewidths=0.5, cbar_kws={"label": "drop from own stage, % (relative)"}, annot_kws={"fontsize": 8})
-    axes[-1].set_title(f"forgetting, % (limit {FORGETTING_LIMIT_PCT:g}%)", fontsize=10)
-    axes[-1].set_xlabel("task")
+    axes[-1].set_title(f"forgetting, % (limit {lim:g}%)", fontsize=10)
+    axes[-1].set_xlabel("task metric")
     axes[-1].set_ylabel("")
     return fig
 
 
 def plot_replay_forgetting(run_dir: str | Path) -> Figure | None:
-    """Final metric and drop per task, replay against no replay, from ``metrics.json`` (5% limit drawn)."""
-    m = read_metrics_file(run_dir)
-    tasks = [t for t in _TASK_METRIC if f"{t}_drop_pct" in m or f"noreplay_{t}_drop_pct" in m]
-    if not tasks:
+    """Final metric per task and forgetting of the earlier tasks (relative %, with the absolute drop in
+    points as bar labels) for replay, LwF and no replay, against the 5% limit."""
+    drops = drop_table(run_dir)
+    if drops is None or drops.empty:
         return None
+    tasks = [t for t in TASKS if t in set(drops["task"])]
+    earlier = [t for t in tasks if t != TASKS[-1]]
+    variants = [v for v in _VARIANTS if v[0] in set(drops["run"])]
     fig, (ax_f, ax_d) = new_figure(10, 3.6, ncols=2)
-    variants = [(p, label, c) for p, label, c in (("", "replay", "tab:blue"), ("lwf_", "LwF", "tab:purple"),
-                                                   ("noreplay_", "no replay", "tab:gray"))
-                if any(f"{p}{t}_drop_pct" in m for t in tasks)]
     width = 0.8 / len(variants)
-    pos = np.arange(len(tasks))
-    for i, (prefix, label, color) in enumerate(variants):
-        finals = [_num(m.get(f"{prefix}{_TASK_METRIC[t]}")) for t in tasks]
-        drops = [_num(m.get(f"{prefix}{t}_drop_pct")) for t in tasks]
+    for i, (run, label, colour) in enumerate(variants):
+        g = drops[drops["run"] == run].set_index("task")
         offset = (i - (len(variants) - 1) / 2) * width
-        ax_f.bar(pos + offset, finals, width, label=label, color=color)
-        bars = ax_d.bar(pos + offset, drops, width, label=label, color=color)
-        ax_d.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax_d.axhline(FORGETTING_LIMIT_PCT, color="tab:red", linestyle="--", linewidth=1, label=f"{FORGETTING_LIMIT_PCT:g}% limit")
-    ax_f.set_xticks(pos, [_TASK_METRIC[t] for t in tasks])
-    ax_d.set_xticks(pos, [f"{t}_drop_pct" for t in tasks])
+        finals = g.reindex(tasks)["final"].astype(float).to_numpy()
+        ax_f.bar(np.arange(len(tasks)) + offset, finals, width, label=label, color=colour)
+        rel = g.reindex(earlier)["drop_pct"].astype(float).to_numpy()
+        pts = g.reindex(earlier)["drop_points"].astype(float).to_numpy()
+        bars = ax_d.bar(np.arange(len(earlier)) + offset, np.nan_to_num(rel), width, label=label, color=colour)
+        ax_d.bar_label(bars, labels=[f"{r:.1f}%\n({p:.1f} pts)" if np.isfinite(r) else "n/a"
+                                     for r, p in zip(rel, pts)], fontsize=7)
+    ax_d.axhline(FORGETTING_LIMIT_PCT, color="tab:red", linestyle="--", linewidth=1,
+                 label=f"{FORGETTING_LIMIT_PCT:g}% limit")
+    ax_f.set_xticks(np.arange(len(tasks)), [TASK_METRIC[t] for t in tasks])
+    ax_d.set_xticks(np.arange(len(earlier)), [f"{t} ({TASK_METRIC[t]})" for t in earlier])
     ax_f.set_title("final metric after the last stage", fontsize=10)
     ax_d.set_title("forgetting: drop from own stage, %", fontsize=10)
-    extra = [f"{k}={m[k]:.4g}" for k in ("params", "latency_ms") if isinstance(m.get(k), (int, float))]
-    if extra:
-        ax_f.set_xlabel(", ".join(extra), fontsize=8)
     for ax in (ax_f, ax_d):
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8, frameon=False)
@@ -313,11 +311,10 @@ def plot_replay_forgetting(run_dir: str | Path) -> Figure | None:
 
 #: Every figure of the study, saved by ``nbmodule.studies.execute`` into the run folder as ``<name>.png``.
 FIGURES = (
-    FigureSpec("drops", when_present(plot_drops, "stage_table.csv"), "stage_table.csv"),
+    FigureSpec("stage_table", plot_replay_stages, "stage_table.csv"),
+    FigureSpec("forgetting", plot_replay_forgetting, "stage_table.csv"),
     FigureSpec("loss_curves", when_present(plot_loss_curves, "curves/loss.csv"), "curves/loss.csv"),
     FigureSpec("metric_evolution", when_present(plot_metric_evolution, "curves/stage_metrics.csv"),
                "curves/stage_metrics.csv"),
     FigureSpec("examples", when_present(plot_examples, "examples.pt"), "examples.pt"),
-    FigureSpec("stage_table", plot_replay_stages, "stage_table.csv"),
-    FigureSpec("forgetting", plot_replay_forgetting, "metrics.json keys {seg,det,cls}_drop_pct"),
 )
