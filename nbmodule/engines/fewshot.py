@@ -1,34 +1,57 @@
-"""MAML few-shot classification (Finn et al. 2017) on Omniglot and MiniImagenet, built on :mod:`nbmodule.meta`.
+"""MAML few-shot classification (Finn et al. 2017) on Omniglot and MiniImagenet: study ``fewshot``, notebook 05.
 
-``FewShotConfig`` holds the notebook-05 parameters (the YAML files in ``configs/fewshot/`` use the same
-fields); :func:`prepare_data` makes the dataset ready (synthetic, converted from local official files, or
-downloaded), :func:`load_splits` gives the meta-train/val/test :class:`~nbmodule.data.fewshot.FewShotSplit`,
-:func:`train` meta-trains with validation curves, checkpoints and resume, :func:`evaluate` scores test
-episodes (mean accuracy and 95% CI) and :func:`lake20_error` runs Lake et al.'s 20 one-shot runs.
+    python -m nbmodule run fewshot --config default            # the cpu experiment (real Omniglot when it can be had)
+    python -m nbmodule run fewshot --config omniglot_20way1shot  # one of the paper's six settings (full scale)
 
-Run folder (``<out>/05_maml_fewshot/``; several settings may share it, told apart by ``run``)::
+:func:`run` is the study's one path (notebook 05 and the command line): :func:`obtain_data` makes the dataset
+ready (real first, through ``NBM_MIRROR`` or the public mirrors; synthetic data in the same format only when
+the real data cannot be had and ``data_source: auto``, or when asked for) and checks every split can hold an
+episode; :func:`train` meta-trains Conv4 with second-order MAML (validation curves, resumable checkpoints on
+:meth:`nbmodule.runs.RunDir.checkpointer`); :func:`evaluate_study` scores the test episodes and, under Lake
+et al.'s protocol only, the 20 one-shot runs, and writes an example episode for the figures.
 
-    config.json                  the FewShotConfig of the latest run, seed, device, versions
-    metrics.json                 {dataset}_{N}way_{K}shot_acc / _ci95 (percent, over eval_episodes test
-                                 episodes), omniglot_lake20_error (percent), fewshot_train_s,
-                                 fewshot_s_per_iter, fewshot_synthetic (1 = synthetic data)
-    curves/fewshot_train.csv     run, seed, step, train_loss, train_acc  (meta-batch query loss/accuracy
-                                 after the inner steps, averaged over log_every iterations)
-    curves/fewshot_val.csv       run, seed, step, val_loss, val_acc  (val_episodes fixed validation
-                                 episodes, inner_steps_test steps; acc in [0, 1])
-    fewshot_test_{run}.json      per-episode test accuracies and the setting, for the results notebook
-    checkpoints/{run}.pt         model, optimiser, sampler RNG state, iteration, config (resume)
-    *.png                        learning curves, table, test-episode figure (saved by the notebook)
+Protocols (stated again in ``evaluation.json`` and in the notebook):
 
-``run`` is the setting's name, e.g. ``omniglot_5way_1shot``.
+* ``{setting}_acc`` / ``_ci95``: mean query accuracy (percent) over ``eval_episodes`` N-way K-shot episodes drawn
+  from the meta-test classes (Omniglot: each character's four 90-degree rotations are classes, as in MAML),
+  ``k_query`` queries per class, after ``inner_steps_test`` SGD steps of size ``inner_lr`` on the support set
+  from the meta-learned initialisation, BatchNorm with the batch statistics of the set being classified (as
+  MAML, i.e. transductive over the queries); ``_ci95`` is the half-width of the normal 95% interval over
+  episodes (1.96 std / sqrt(episodes)), as the paper reports.
+* ``omniglot_lake20_error``: error (percent) on the 20 official one-shot runs of Lake et al. (2015), 20-way
+  1-shot, each run's 20 training images as the support set (the 5-way head's mean row repeated 20 times as
+  the initial 20-way head), ``inner_steps_test`` steps, scored with its ``class_labels.txt``. Written only
+  when the model was meta-trained on the background alphabets only (``omniglot_split: background``) and
+  none of the runs' 800 images is pixel-identical to a meta-training or validation image (checked on the
+  prepared arrays, ``omniglot_lake20_overlap_images``); otherwise the key is absent and ``evaluation.json``
+  says why. ``_ci95`` is over the 20 runs.
+
+Run folder (``<out>/05_maml_fewshot/``)::
+
+    config.json                   the config (written by nbmodule.studies.execute)
+    metrics.json                  {setting}_acc, {setting}_ci95 (percent), omniglot_lake20_error (+ _ci95,
+                                  percent), omniglot_lake20_overlap_images, synthetic (1: synthetic data),
+                                  fewshot_train_s, fewshot_eval_s, fewshot_s_per_iter,
+                                  fewshot_probe_{strategy}_s_per_iter (strategy="auto" only)
+    data.json                     which data was used (real or synthetic, from where, why), the splits' sizes
+    evaluation.json               the protocols, per-episode test accuracies, Lake per-run errors or why not
+    example_episode.pt            one test episode (uint8 images, labels, predictions): the episode figure
+    curves/fewshot_train.csv      run, seed, step, train_loss, train_acc (meta-batch query loss/accuracy after
+                                  the inner steps, averaged over log_every iterations)
+    curves/fewshot_val.csv        run, seed, step, val_loss, val_acc (val_episodes fixed validation episodes,
+                                  inner_steps_test steps; acc in [0, 1])
+    checkpoints/meta_train.pt     resume state (model, optimiser, sampler RNG, curves, seconds)
+    *.png                         the figures of nbmodule.viz.fewshot
+
+Every ``.pt`` file is read back with ``weights_only=True``. ``run`` in the curves is the setting's name,
+e.g. ``omniglot_5way_1shot``.
 """
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -36,51 +59,60 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..config import Config, load_config, parse_override
+from ..config import ConfigError, StudyConfig
 from ..data.fewshot import (FewShotSplit, LakeRuns, episode_to_float, load_lake_runs, miniimagenet_splits,
                             omniglot_splits)
-from ..data.paths import dataset_dir
 from ..meta import meta_loss, resolve_strategy
 from ..metrics import mean_confidence_interval
 from ..models import build_model
 from ..models.conv4 import conv4_forward_tasks
 from ..progress import progress_bar
-from ..runs import RunDir
+from ..runs import RunContext, RunDir, atomic_write_bytes
 
-__all__ = ["FewShotConfig", "FewShotResult", "STRATEGIES", "setting_name", "prepare_data", "convert_local", "load_splits",
-           "build_fewshot_model", "grouped_meta_loss", "task_losses", "choose_strategy",
-           "train", "evaluate", "predict", "lake20_error", "expand_head"]
+__all__ = ["NAME", "Config", "FewShotConfig", "FewShotData", "TrainResult", "STRATEGIES", "setting_name",
+           "obtain_data", "load_splits", "check_splits", "lake_overlap", "build_fewshot_model",
+           "grouped_meta_loss", "task_losses", "choose_strategy", "train", "evaluate", "predict", "lake20_error",
+           "expand_head", "evaluate_study", "run"]
 
-class FewShotConfig(Config):
-    """Notebook 05's parameters. Defaults: Omniglot 5-way 1-shot as in the paper (short training)."""
+NAME = "fewshot"
+#: Synthetic data is generated with this seed whatever the experiment's seed (the data is not the experiment).
+DATA_SEED = 0
+CHECKPOINT = "meta_train"
 
-    dataset: Literal["omniglot", "miniimagenet"] = "omniglot"
-    n_way: int = Field(5, ge=2, description="classes per episode")
-    k_shot: int = Field(1, ge=1, description="support images per class")
-    k_query: int = Field(1, ge=1, description="query images per class (MAML: k_shot on Omniglot, 15 MiniImagenet)")
-    inner_steps: int = Field(1, ge=1, description="inner gradient steps in meta-training")
-    inner_steps_test: int = Field(3, ge=1, description="inner gradient steps at validation/test")
-    inner_lr: float = Field(0.4, gt=0, description="inner-loop step size alpha")
-    meta_lr: float = Field(1e-3, gt=0, description="Adam step size beta of the outer loop")
-    meta_batch_size: int = Field(32, ge=1, description="tasks per meta-iteration")
-    meta_iterations: int = Field(60000, ge=0, description="outer steps")
-    first_order: bool = Field(False, description="first-order MAML (no second derivatives)")
-    eval_episodes: int = Field(600, ge=1, description="test episodes for the mean accuracy and its 95% CI")
-    # extras
-    synthetic: bool = Field(False, description="generated data in the real format (offline)")
-    scale: Literal["smoke", "cpu", "full"] = Field("cpu", description="size of the synthetic data")
-    source_dir: str = Field("", description="folder with the official files to convert when the data is not prepared")
-    omniglot_split: Literal["maml", "background"] = Field(
-        "maml", description="maml: 1200 of all 1623 characters train; background: Lake's background/evaluation")
-    eval_every: int = Field(500, ge=1, description="validate every this many meta-iterations")
-    val_episodes: int = Field(100, ge=1, description="fixed validation episodes per validation")
-    log_every: int = Field(50, ge=1, description="average the training loss over this many iterations")
-    checkpoint_every: int = Field(1000, ge=1, description="checkpoint every this many meta-iterations")
-    strategy: Literal["auto", "loop", "vmap", "grouped"] = Field(
-        "auto", description="how the tasks of a meta-batch run (auto: the fastest, measured at the start)")
-    hidden: int = Field(0, ge=0, description="conv filters; 0 = 64 for Omniglot, 32 for MiniImagenet")
-    lake_eval: bool = Field(True, description="score Lake et al.'s 20 one-shot runs when available (Omniglot)")
-    resume: bool = Field(True, description="continue from this setting's checkpoint when one exists")
+
+class FewShotConfig(StudyConfig):
+    """Notebook 05's experiment; values in ``nbmodule/configs/fewshot/*.yaml`` (``default.yaml``: every field)."""
+
+    STUDY: ClassVar[str] = NAME
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset({"meta_iterations"})
+    NEUTRAL: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
+
+    seed: int = Field(ge=0)                                   # model initialisation, episode sampling
+    dataset: Literal["omniglot", "miniimagenet"]
+    data_source: Literal["auto", "real", "synthetic"]         # auto: real when it can be had, else synthetic
+    scale: Literal["smoke", "cpu", "full"]                    # size of synthetic data (when it is used)
+    omniglot_split: Literal["background", "maml"]             # background: Lake et al.; maml: MAML's 1200 chars
+    n_way: int = Field(ge=2, le=1000)                         # classes per episode
+    k_shot: int = Field(ge=1, le=1000)                        # support images per class
+    k_query: int = Field(ge=1, le=1000)                       # query images per class
+    inner_steps: int = Field(ge=1, le=100)                    # inner SGD steps in meta-training
+    inner_steps_test: int = Field(ge=1, le=1000)              # inner SGD steps at validation and test
+    inner_lr: float = Field(gt=0)                             # inner step size alpha
+    meta_lr: float = Field(gt=0)                              # Adam step size beta of the outer loop
+    meta_batch_size: int = Field(ge=1, le=4096)               # tasks per meta-iteration
+    meta_iterations: int = Field(ge=1)                        # outer steps (may grow on resume)
+    first_order: bool                                         # first-order MAML (no second derivatives)
+    hidden: int = Field(gt=0, le=1024)                        # Conv4 filters per layer
+    eval_episodes: int = Field(ge=1)                          # test episodes behind the accuracy and its CI
+    val_episodes: int = Field(ge=1)                           # fixed validation episodes per validation
+    eval_every: int = Field(ge=1)                             # validation period (meta-iterations)
+    log_every: int = Field(ge=1)                              # training-curve period (meta-iterations)
+    checkpoint_every: int = Field(ge=1)                       # checkpoint period (meta-iterations)
+    strategy: Literal["auto", "loop", "vmap", "grouped"]      # how the tasks of a meta-batch run
+    lake_eval: bool                                           # score Lake et al.'s 20 one-shot runs (Omniglot)
+
+
+Config = FewShotConfig
 
 
 def setting_name(cfg: FewShotConfig) -> str:
@@ -88,71 +120,87 @@ def setting_name(cfg: FewShotConfig) -> str:
 
 
 # --- data -----------------------------------------------------------------------------------------------
-def _synthetic_scale(folder: Path) -> str | None:
-    import json
+@dataclass
+class FewShotData:
+    """The prepared dataset: meta-train/val/test splits, the Lake runs (Omniglot, when prepared with them)
+    and where the data came from (``synthetic``, ``source``, ``note``: why, e.g. the reason for a fallback)."""
 
-    meta = folder / "meta.json"
-    if not meta.is_file():
-        return None
-    return json.loads(meta.read_text()).get("scale")
+    splits: dict[str, FewShotSplit]
+    lake: LakeRuns | None
+    synthetic: bool
+    source: str
+    note: str
+    path: Path
 
-
-def prepare_data(cfg: FewShotConfig, root: str | Path | None = None, *, seed: int = 0) -> Path:
-    """The prepared dataset folder for ``cfg``: synthetic data at ``cfg.scale`` (rebuilt when another scale
-    is there), the real data if already prepared, converted from ``cfg.source_dir`` (official files, taken
-    unchanged), or downloaded from the mirrors."""
-    from data_prep import prepare
-    from data_prep.registry import default_dest
-
-    if cfg.synthetic:
-        dest = default_dest(cfg.dataset, True, root)
-        force = dest.is_dir() and _synthetic_scale(dest) not in (None, cfg.scale)
-        return prepare(cfg.dataset, dest, synthetic=True, seed=seed, scale=cfg.scale, force=force)
-    dest = default_dest(cfg.dataset, False, root)
-    if (dest / "meta.json").is_file():
-        return dest
-    if cfg.source_dir:
-        return convert_local(cfg.dataset, cfg.source_dir, dest)
-    return prepare(cfg.dataset, dest)
-
-
-def convert_local(dataset: str, source_dir: str | Path, dest: str | Path) -> Path:
-    """Convert official files found in ``source_dir`` (read unchanged) into ``dest``: Omniglot's
-    ``images_background*.zip``/``images_evaluation*.zip`` (or the unzipped folders) and ``all_runs.zip``;
-    MiniImagenet's split CSVs and ``images.zip``/``images/``."""
-    source_dir = Path(source_dir)
-    if dataset == "omniglot":
-        from data_prep.omniglot import convert_sources
-
-        full = [source_dir / f"images_{s}{ext}" for s in ("background", "evaluation") for ext in (".zip", "")]
-        chars = [p for p in full if p.exists()]
-        # a folder and its zip hold the same characters: keep one of each set
-        sets = {}
-        for p in chars:
-            sets.setdefault(p.name.split(".")[0], p)
-        chars = list(sets.values()) or sorted(source_dir.glob("images_background_small*.zip"))
-        runs = [p for p in (source_dir / "all_runs.zip", source_dir / "one-shot-classification") if p.exists()][:1]
-        if not chars:
-            raise FileNotFoundError(f"{source_dir}: no images_background*/images_evaluation* zips or folders")
-        return convert_sources([*chars, *runs], dest)
-    from data_prep.miniimagenet import convert_sources, find_sources
-
-    csvs, images = find_sources(source_dir)
-    return convert_sources(csvs, images, dest)
+    def describe(self, cfg: FewShotConfig) -> dict[str, Any]:
+        """``data.json``: what the run trained and was scored on."""
+        return {
+            "dataset": cfg.dataset, "synthetic": self.synthetic, "source": self.source, "note": self.note,
+            "path": str(self.path), "data_source": cfg.data_source,
+            "split": cfg.omniglot_split if cfg.dataset == "omniglot" else "ravi",
+            "splits": {name: {"classes": s.n_classes, "base_classes": s.n_base_classes, "rotations": s.rotations,
+                              "images": int(len(s.images)), "image_shape": list(s.image_shape),
+                              "first_classes": s.class_names[:3]}
+                       for name, s in self.splits.items()},
+            "lake_runs": None if self.lake is None else int(len(self.lake.answer)),
+        }
 
 
 def load_splits(cfg: FewShotConfig, folder: str | Path, *, device: torch.device | str = "cpu"
                 ) -> dict[str, FewShotSplit]:
-    """Meta-train/val/test splits (Omniglot with 90-degree rotations as new classes, as MAML)."""
-    folder = dataset_dir(cfg.dataset, path=folder, required=("meta.json",))
+    """Meta-train/val/test splits of a prepared folder (Omniglot: 90-degree rotations as new classes, as MAML;
+    ``cfg.omniglot_split`` chooses Lake's background/evaluation split or MAML's split of all characters)."""
     if cfg.dataset == "omniglot":
         return omniglot_splits(folder, split=cfg.omniglot_split, device=device)
     return miniimagenet_splits(folder, device=device)
 
 
+def check_splits(cfg: FewShotConfig, splits: dict[str, FewShotSplit], where: str = "") -> None:
+    """Refuse, before any training, an episode shape a split cannot hold: fewer classes than ``n_way``, or
+    fewer images per class than ``k_shot + k_query``. The message names the split and the counts."""
+    src = f" ({where})" if where else ""
+    for name, split in splits.items():
+        if cfg.n_way > split.n_classes:
+            rot = f" = {split.n_base_classes} characters x 4 rotations" if split.rotations else ""
+            raise ConfigError(f"n_way={cfg.n_way}: the {name!r} split of {cfg.dataset}{src} has only "
+                              f"{split.n_classes} classes{rot}, fewer than n_way; lower n_way or use more data")
+        smallest = int(split.counts.min())
+        if cfg.k_shot + cfg.k_query > smallest:
+            raise ConfigError(f"k_shot={cfg.k_shot} + k_query={cfg.k_query} = {cfg.k_shot + cfg.k_query} images per "
+                              f"class, but the smallest class of the {name!r} split of {cfg.dataset}{src} has "
+                              f"{smallest} images")
+
+
+def obtain_data(cfg: FewShotConfig, root: str | Path | None, *, device: torch.device | str = "cpu") -> FewShotData:
+    """The dataset of ``cfg`` under the data root ``root``, ready and checked (:func:`check_splits`).
+
+    ``data_source``: ``real`` (prepared already, ``NBM_MIRROR``, the public mirrors; an error when none
+    works), ``auto`` (the same, else synthetic data at ``scale``, the reason in ``note``), ``synthetic``."""
+    from data_prep import obtain
+
+    prefer = "synthetic" if cfg.data_source == "synthetic" else "real"
+    got = obtain(cfg.dataset, root, prefer=prefer, seed=DATA_SEED, scale=cfg.scale,
+                 fallback=cfg.data_source == "auto")
+    splits = load_splits(cfg, got.path, device=device)
+    check_splits(cfg, splits, where=f"{'synthetic' if got.synthetic else 'real'} data at {got.path}")
+    lake = load_lake_runs(got.path) if cfg.dataset == "omniglot" and cfg.lake_eval else None
+    return FewShotData(splits, lake, bool(got.synthetic), str(got.source), str(got.note), Path(got.path))
+
+
+def lake_overlap(lake: LakeRuns, splits: list[FewShotSplit]) -> int:
+    """How many of the Lake runs' images (training and test items) are pixel-identical to an image of
+    ``splits`` (the prepared arrays, before rotation): 0 when no run drawing was seen in meta-training."""
+    seen: set[bytes] = set()
+    for split in splits:
+        arr = split.images.cpu().numpy()
+        seen.update(row.tobytes() for row in arr.reshape(len(arr), -1))
+    runs = np.concatenate([lake.support.reshape(-1, *lake.support.shape[2:]), lake.query.reshape(-1, *lake.query.shape[2:])])
+    return int(sum(row.tobytes() in seen for row in np.ascontiguousarray(runs, dtype=np.uint8).reshape(len(runs), -1)))
+
+
 def build_fewshot_model(cfg: FewShotConfig, image_shape: tuple[int, int, int]) -> nn.Module:
-    hidden = cfg.hidden or (64 if cfg.dataset == "omniglot" else 32)
-    return build_model("conv4", in_channels=image_shape[0], n_way=cfg.n_way, hidden=hidden, image_size=image_shape[1])
+    """Conv4 (``cfg.hidden`` filters) for ``image_shape`` (C, H, W) with an ``n_way`` head."""
+    return build_model("conv4", in_channels=image_shape[0], n_way=cfg.n_way, hidden=cfg.hidden, image_size=image_shape[1])
 
 
 # --- the meta-objective: nbmodule.meta's loop/vmap, or the task-batched ("grouped") Conv4 -------------------
@@ -306,159 +354,234 @@ def lake20_error(model: nn.Module, runs: LakeRuns, *, steps: int, inner_lr: floa
     return float(err.mean()), err
 
 
+
 # --- training ------------------------------------------------------------------------------------------------
 @dataclass
-class FewShotResult:
+class TrainResult:
+    """What :func:`train` returns. ``strategy``: what meta-trained in this call ("" when nothing was left);
+    ``probe``: seconds per meta-iteration of each candidate (``strategy="auto"`` with a probe); seconds are
+    summed over every session of the run (a resumed run counts its earlier sessions)."""
+
     model: nn.Module
-    metrics: dict[str, float]
-    test_accs: np.ndarray
-    lake_errors: np.ndarray | None
-    iterations_run: int
-    train_seconds: float
     strategy: str
-    resumed_from: int = 0
-    curves: dict[str, list] = field(default_factory=dict)
+    probe: dict[str, float]
+    train_seconds: float   # wall time of the training loop, validation included
+    step_seconds: float    # the meta-iterations alone (sampling, meta-loss, backward, Adam step)
+    iterations_run: int    # in this call
+    resumed_from: int
 
 
-_RESUME_KEYS = ("meta_iterations", "eval_episodes", "eval_every", "val_episodes", "log_every", "checkpoint_every",
-                "resume", "lake_eval", "strategy", "source_dir")
-
-
-def _same_setting(a: dict, b: dict) -> bool:
-    return {k: v for k, v in a.items() if k not in _RESUME_KEYS} == {k: v for k, v in b.items() if k not in _RESUME_KEYS}
-
-
-def train(cfg: FewShotConfig, splits: dict[str, FewShotSplit], run: RunDir, *, device: torch.device | str,
-          seed: int = 0, progress: bool = True, lake_runs: LakeRuns | None = None) -> FewShotResult:
-    """Meta-train ``cfg`` on ``splits['train']``, validate on ``splits['val']``, test on ``splits['test']``.
-
-    Resumes from ``checkpoints/<setting>.pt`` when it holds the same setting (training-length fields may
-    differ: a longer ``meta_iterations`` continues a finished run). Writes the files in the module docstring
-    and returns the trained model and metrics.
-    """
-    device = torch.device(device)
-    name = setting_name(cfg)
-    torch.manual_seed(seed)  # model initialisation
-    model = build_fewshot_model(cfg, splits["train"].image_shape).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.meta_lr)
-    sampler = torch.Generator().manual_seed(seed)
-    strategy, strategy_times = choose_strategy(cfg.strategy, model, splits["train"], cfg, device)
-    start = 0
-    ckpt = run.load_checkpoint(name, map_location=device) if cfg.resume else None
-    if ckpt is not None and _same_setting(ckpt["config"], cfg.to_dict()) and ckpt.get("seed") == seed:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sampler.set_state(ckpt["sampler"])
-        start = int(ckpt["iteration"])
-    elif ckpt is not None:
-        print(f"[fewshot] checkpoint {name} holds another setting or seed; starting afresh")
-    _trim_curves(run, name, seed, start)
-
-    def checkpoint(it: int) -> None:
-        run.save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "sampler": sampler.get_state(),
-                             "iteration": it, "config": cfg.to_dict(), "seed": seed}, name)
-
-    def validate(it: int) -> float:
-        model.eval()
-        accs, losses = evaluate(model, splits["val"], cfg, episodes=cfg.val_episodes, device=device,
-                                generator=torch.Generator().manual_seed(seed + 1), strategy=eval_strategy)  # the same episodes every time
-        run.log_curve("fewshot_val", [{"run": name, "seed": seed, "step": it, "val_loss": float(losses.mean()),
-                                       "val_acc": float(accs.mean())}])
-        return float(accs.mean())
-
+def _eval_strategy(cfg: FewShotConfig, device: torch.device) -> str:
     # evaluation is first order (no meta-gradient): the task-batched path measured 1.1-2x the loop for Omniglot
     # on a CPU, 0.8x for MiniImagenet's 84x84 images there
     if cfg.strategy != "auto":
-        eval_strategy = cfg.strategy
-    else:
-        eval_strategy = "grouped" if device.type != "cpu" or cfg.dataset == "omniglot" else "loop"
-    t0 = time.perf_counter()
-    bar = progress_bar(range(start, cfg.meta_iterations), total=cfg.meta_iterations, initial=start,
-                       desc=f"MAML {name}", enabled=progress)
-    window: list[tuple[float, float]] = []
-    val_acc = float("nan")
-    if start == 0 and cfg.meta_iterations > 0:
-        val_acc = validate(0)
-    for it in bar:
-        model.train()
-        ep = splits["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.k_shot, cfg.k_query, sampler).to(device)
-        tasks = episode_to_float(ep)
-        loss, _, logits = task_losses(model, _params(model), tasks, steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
-                                      first_order=cfg.first_order, strategy=strategy)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        window.append((loss.item(), (logits.argmax(-1) == ep.yq).float().mean().item()))
-        step = it + 1
-        if step % cfg.log_every == 0 or step == cfg.meta_iterations:
-            l, a = np.mean(window, axis=0)
-            run.log_curve("fewshot_train", [{"run": name, "seed": seed, "step": step, "train_loss": float(l),
-                                             "train_acc": float(a)}])
-            window = []
-        if step % cfg.eval_every == 0 or step == cfg.meta_iterations:
-            val_acc = validate(step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.meta_iterations:
-            checkpoint(step)
-        bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{val_acc:.3f}")
-    bar.close()
-    train_s = time.perf_counter() - t0
-    iters = cfg.meta_iterations - start
+        return cfg.strategy
+    return "grouped" if device.type != "cpu" or cfg.dataset == "omniglot" else "loop"
 
+
+def _init_model(cfg: FewShotConfig, image_shape: tuple[int, int, int], device: torch.device) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):  # seeded by cfg.seed without touching the caller's global RNG
+        torch.manual_seed(cfg.seed)
+        model = build_fewshot_model(cfg, image_shape)
+    return model.to(device)
+
+
+def train(cfg: FewShotConfig, data: FewShotData | dict[str, FewShotSplit], run: RunDir, *,
+          device: torch.device | str = "cpu", progress: bool = True, callback: Any = None) -> TrainResult:
+    """Meta-train ``cfg`` on the ``train`` split, validating on ``val`` every ``eval_every`` iterations.
+
+    Resumes from ``checkpoints/meta_train.pt`` (:class:`nbmodule.runs.Checkpointer`): the same settings
+    continue (a larger ``meta_iterations`` continues a finished run), other settings, or the same settings on
+    other data (real instead of synthetic), are refused naming the fields. Writes the curves (at every
+    checkpoint) and returns the model. ``callback(step)`` runs after each meta-iteration (tests interrupt
+    a run with it)."""
+    device = torch.device(device)
+    splits = data.splits if isinstance(data, FewShotData) else data
+    kind = ("synthetic" if data.synthetic else "real") if isinstance(data, FewShotData) else "given splits"
+    name = setting_name(cfg)
+    model = _init_model(cfg, splits["train"].image_shape, device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.meta_lr)
+    sampler = torch.Generator().manual_seed(cfg.seed)
+    ck = run.checkpointer(CHECKPOINT, config={**cfg.to_dict(), "data": kind}, resumable=cfg.RESUMABLE,
+                          neutral=cfg.NEUTRAL)
+    saved = ck.load()
+    state: dict[str, Any] = {"train_rows": [], "val_rows": [], "window": [], "seconds": 0.0, "step_seconds": 0.0}
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sampler.set_state(saved["sampler"])
+        state = saved["state"]
+    start = ck.step
+    eval_strategy = _eval_strategy(cfg, device)
+
+    def validate(step: int) -> float:
+        model.eval()
+        accs, losses = evaluate(model, splits["val"], cfg, episodes=cfg.val_episodes, device=device,
+                                generator=torch.Generator().manual_seed(cfg.seed + 1), strategy=eval_strategy)
+        state["val_rows"].append({"run": name, "seed": cfg.seed, "step": step, "val_loss": float(losses.mean()),
+                                  "val_acc": float(accs.mean())})  # the same episodes every time
+        return float(accs.mean())
+
+    def write_curves() -> None:
+        for curve, rows in (("fewshot_train", state["train_rows"]), ("fewshot_val", state["val_rows"])):
+            if rows:
+                run.write_curve(curve, rows)
+
+    clock = [time.perf_counter()]
+
+    def checkpoint_state() -> dict[str, Any]:
+        now = time.perf_counter()
+        state["seconds"] += now - clock[0]
+        clock[0] = now
+        write_curves()
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(), "sampler": sampler.get_state(),
+                "state": state}
+
+    strategy, probe = "", {}
+    if start < cfg.meta_iterations:
+        strategy, probe = choose_strategy(cfg.strategy, model, splits["train"], cfg, device)
+        clock[0] = time.perf_counter()
+        val_acc = validate(0) if start == 0 else state["val_rows"][-1]["val_acc"] if state["val_rows"] else float("nan")
+        bar = progress_bar(total=cfg.meta_iterations, initial=start, desc=f"MAML {name}", enabled=progress)
+        for step in ck.steps(cfg.meta_iterations, every=cfg.checkpoint_every, state=checkpoint_state):
+            model.train()
+            t0 = time.perf_counter()
+            ep = splits["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.k_shot, cfg.k_query, sampler).to(device)
+            loss, _, logits = task_losses(model, _params(model), episode_to_float(ep), steps=cfg.inner_steps,
+                                          inner_lr=cfg.inner_lr, first_order=cfg.first_order, strategy=strategy)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state["window"].append([loss.item(), (logits.argmax(-1) == ep.yq).float().mean().item()])
+            state["step_seconds"] += time.perf_counter() - t0
+            if step % cfg.log_every == 0 or step == cfg.meta_iterations:
+                mean_loss, mean_acc = np.mean(state["window"], axis=0)
+                state["train_rows"].append({"run": name, "seed": cfg.seed, "step": step,
+                                            "train_loss": float(mean_loss), "train_acc": float(mean_acc)})
+                state["window"] = []
+            if step % cfg.eval_every == 0 or step == cfg.meta_iterations:
+                val_acc = validate(step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{state['train_rows'][-1]['train_loss'] if state['train_rows'] else loss.item():.3f}",
+                            val_acc=f"{val_acc:.3f}", refresh=False)
+            if callback is not None:
+                callback(step)
+        bar.close()
+    write_curves()
+    return TrainResult(model, strategy, probe, float(state["seconds"]), float(state["step_seconds"]),
+                       cfg.meta_iterations - start, start)
+
+
+# --- the study -----------------------------------------------------------------------------------------------
+def _example_episode(model: nn.Module, split: FewShotSplit, cfg: FewShotConfig, device: torch.device,
+                     strategy: str, max_per_class: int = 2) -> dict[str, Any]:
+    """One test episode (uint8 images), the adapted model's predictions and the classes behind the labels
+    (``example_episode.pt``; queries: at most ``max_per_class`` per class are kept, all were classified)."""
+    ep = split.sample(1, cfg.n_way, cfg.k_shot, cfg.k_query, torch.Generator().manual_seed(cfg.seed + 3)).to(device)
     model.eval()
-    accs, _ = evaluate(model, splits["test"], cfg, episodes=cfg.eval_episodes, device=device,
-                       generator=torch.Generator().manual_seed(seed + 2), strategy=eval_strategy)
+    logits, _ = predict(model, episode_to_float(ep), steps=cfg.inner_steps_test, inner_lr=cfg.inner_lr,
+                        strategy=strategy)
+    keep = torch.tensor([i for i in range(ep.yq.shape[1]) if i % cfg.k_query < max_per_class])
+    names = []
+    for c in ep.classes[0].tolist():
+        base = split.class_names[c // 4 if split.rotations else c]
+        names.append(f"{base} (rotated {90 * (c % 4)})" if split.rotations and c % 4 else base)
+    return {"setting": setting_name(cfg), "steps": cfg.inner_steps_test, "classes": names,
+            "xs": ep.xs[0].cpu(), "ys": ep.ys[0].cpu(), "xq": ep.xq[0, keep.to(device)].cpu(),
+            "yq": ep.yq[0, keep.to(device)].cpu(), "pred": logits[0].argmax(-1)[keep.to(device)].cpu()}
+
+
+def _protocols(cfg: FewShotConfig, data: FewShotData) -> dict[str, str]:
+    test = data.splits["test"]
+    classes = (f"{test.n_base_classes} characters x 4 rotations = {test.n_classes} classes" if test.rotations
+               else f"{test.n_classes} classes")
+    split = {"background": "meta-trained on the background alphabets (Lake et al.'s split; a seeded 10% of their "
+                           "characters validate), tested on the evaluation alphabets",
+             "maml": "MAML's split of all 1623 characters (1100 train, 100 validation, the rest test; a seeded shuffle "
+                     "of both sets)"}[cfg.omniglot_split] if cfg.dataset == "omniglot" else \
+        "Ravi & Larochelle's split (64 train, 16 validation, 20 test classes)"
+    return {
+        "accuracy": (f"{cfg.eval_episodes} test episodes of {cfg.n_way}-way {cfg.k_shot}-shot, {cfg.k_query} "
+                     f"{'query' if cfg.k_query == 1 else 'queries'} per class, from the meta-test split ({classes}); {cfg.inner_steps_test} SGD steps of "
+                     f"size {cfg.inner_lr} on the support set from the meta-learned initialisation; BatchNorm with "
+                     "the batch statistics of the set classified (transductive, as MAML); mean accuracy in percent "
+                     "with the normal 95% interval over episodes (1.96 std / sqrt(n))"),
+        "split": split,
+        "training": (f"{cfg.meta_iterations} meta-iterations of {cfg.meta_batch_size} tasks, "
+                     f"{'first' if cfg.first_order else 'second'}-order MAML, {cfg.inner_steps} inner step(s) of "
+                     f"size {cfg.inner_lr}, Adam {cfg.meta_lr}, Conv4 with {cfg.hidden} filters"),
+        "lake20": ("Lake et al.'s 20 official one-shot runs (20-way 1-shot, evaluation alphabets): each run's "
+                   "training images are the support set of one task (the head's mean row repeated as the 20-way "
+                   f"initial head), {cfg.inner_steps_test} SGD steps, the 20 test items as one query batch, "
+                   "scored with class_labels.txt; error in percent, mean over runs with the normal 95% interval "
+                   "over the 20 runs; reported only for a model meta-trained on the background alphabets whose "
+                   "meta-training and validation images include none of the runs' images"),
+        "data": ("synthetic data in the real format (not comparable with published numbers)" if data.synthetic
+                 else "real data"),
+    }
+
+
+def evaluate_study(cfg: FewShotConfig, model: nn.Module, data: FewShotData, run: RunDir, *,
+                   device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Test accuracy, the Lake score (under Lake et al.'s protocol only) and the example episode; writes
+    ``evaluation.json`` and ``example_episode.pt`` and returns the metrics (see the module docstring)."""
+    device = torch.device(device)
+    name = setting_name(cfg)
+    strategy = _eval_strategy(cfg, device)
+    splits = data.splits
+    t0 = time.perf_counter()
+    model.eval()
+    accs, losses = evaluate(model, splits["test"], cfg, episodes=cfg.eval_episodes, device=device,
+                            generator=torch.Generator().manual_seed(cfg.seed + 2), strategy=strategy)
     mean, ci = mean_confidence_interval(accs * 100)
-    metrics: dict[str, float] = {f"{name}_acc": mean, f"{name}_ci95": ci, "fewshot_synthetic": int(cfg.synthetic),
-                                 "fewshot_train_s": train_s, "fewshot_s_per_iter": train_s / iters if iters else None}
-    lake_err = None
-    if cfg.dataset == "omniglot" and cfg.lake_eval and lake_runs is not None:
-        err, lake_err = lake20_error(model, lake_runs, steps=cfg.inner_steps_test, inner_lr=cfg.inner_lr,
-                                     device=device, strategy=eval_strategy)
-        metrics["omniglot_lake20_error"] = err
-    metrics.update({f"fewshot_{k}_s_per_iter_probe": v for k, v in strategy_times.items()})
-    run.write_metrics(metrics)
-    run.write_json(f"fewshot_test_{name}.json", {"setting": name, "config": cfg.to_dict(), "seed": seed,
-                                                 "test_accs": accs.tolist(),
-                                                 "lake_errors": None if lake_err is None else lake_err.tolist()})
-    return FewShotResult(model, metrics, accs, lake_err, iters, train_s, strategy, resumed_from=start,
-                         curves={"train": run.curve("fewshot_train"), "val": run.curve("fewshot_val")})
+    metrics: dict[str, Any] = {f"{name}_acc": mean, f"{name}_ci95": ci, "synthetic": int(data.synthetic)}
+    lake: dict[str, Any] = {"reported": False, "errors": None, "overlap_images": None}
+    if cfg.dataset != "omniglot":
+        lake["reason"] = "Lake et al.'s one-shot runs are Omniglot characters; this run is on MiniImagenet"
+    elif not cfg.lake_eval:
+        lake["reason"] = "lake_eval is false"
+    elif data.lake is None:
+        lake["reason"] = f"the prepared Omniglot at {data.path} has no Lake runs (it was built without all_runs.zip)"
+    else:
+        n_images = int(data.lake.support.size // np.prod(data.lake.support.shape[2:]) * 2)
+        overlap = lake_overlap(data.lake, [splits["train"], splits["val"]])
+        metrics["omniglot_lake20_overlap_images"] = overlap
+        lake["overlap_images"] = overlap
+        if cfg.omniglot_split != "background":
+            lake["reason"] = (f"omniglot_split is {cfg.omniglot_split!r}: {overlap} of the runs' {n_images} images are "
+                              "among this model's meta-training or validation images, so its error would not be "
+                              "one-shot learning of new characters. Lake et al.'s protocol meta-trains on the "
+                              "background alphabets only: set omniglot_split to 'background'")
+        elif overlap:
+            lake["reason"] = (f"{overlap} of the runs' {n_images} images are pixel-identical to meta-training or "
+                              "validation images although the split is 'background': the prepared data mixes the "
+                              "sets; prepare Omniglot again from the official zips")
+        else:
+            err, per_run = lake20_error(model, data.lake, steps=cfg.inner_steps_test, inner_lr=cfg.inner_lr,
+                                        device=device, strategy=strategy)
+            metrics["omniglot_lake20_error"] = err
+            metrics["omniglot_lake20_error_ci95"] = mean_confidence_interval(per_run)[1]
+            lake.update(reported=True, errors=per_run.tolist(), reason="meta-trained on the background alphabets "
+                        f"only; none of the runs' {n_images} images is among the meta-training or validation images")
+    example = _example_episode(model, splits["test"], cfg, device, strategy)
+    metrics["fewshot_eval_s"] = time.perf_counter() - t0
+    run.write_json("evaluation.json", {
+        "setting": name, "protocols": _protocols(cfg, data), "test_accs": accs.tolist(),
+        "test_losses": losses.tolist(), "accuracy": mean, "ci95": ci, "lake20": lake})
+    atomic_write_bytes(run.path / "example_episode.pt", lambda fh: torch.save(example, fh))
+    return metrics
 
 
-def _trim_curves(run: RunDir, name: str, seed: int, start: int) -> None:
-    """Drop this setting's curve points past the checkpoint (all of them on a fresh start)."""
-    for curve in ("fewshot_train", "fewshot_val"):
-        rows = run.curve(curve)
-        if not rows:
-            continue
-        keep = [r for r in rows if not (r["run"] == name and int(r["seed"]) == seed and
-                                        (start == 0 or int(r["step"]) > start))]
-        if len(keep) != len(rows):
-            run.write_curve(curve, [{**r, "seed": int(r["seed"]), "step": int(r["step"])} for r in keep])
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m nbmodule.engines.fewshot --config configs/fewshot/omniglot_5way1shot.yaml [--out runs]``."""
-    from ..notebook import setup
-
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--out", default="")
-    ap.add_argument("--data", default="")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--set", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
-                    help="field=value overrides")
-    args = ap.parse_args(argv)
-    cfg = load_config(FewShotConfig, args.config, **dict(args.set))
-    ctx = setup("05_maml_fewshot", seed=args.seed, device=args.device, out=args.out, data=args.data)
-    folder = prepare_data(cfg, ctx.data, seed=args.seed)
-    splits = load_splits(cfg, folder, device=ctx.device)
-    ctx.run.save_config(cfg, seed=args.seed, device=str(ctx.device))
-    res = train(cfg, splits, ctx.run, device=ctx.device, seed=args.seed, progress=True,
-                lake_runs=load_lake_runs(folder) if cfg.dataset == "omniglot" else None)
-    print(res.metrics)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def run(cfg: FewShotConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, Any]:
+    """The study's entry point (both doors: notebook 05 and ``python -m nbmodule run fewshot``)."""
+    device = torch.device(ctx.device) if ctx.device is not None else torch.device("cpu")
+    data = obtain_data(cfg, ctx.data, device=device)
+    if data.synthetic:
+        print(f"[fewshot] SYNTHETIC DATA: {data.note}. Numbers are not comparable with published ones.")
+    run_dir.write_json("data.json", data.describe(cfg))
+    trained = train(cfg, data, run_dir, device=device, progress=ctx.progress)
+    metrics = evaluate_study(cfg, trained.model, data, run_dir, device=device)
+    metrics["fewshot_train_s"] = trained.train_seconds
+    metrics["fewshot_s_per_iter"] = trained.step_seconds / cfg.meta_iterations
+    metrics.update({f"fewshot_probe_{k}_s_per_iter": v for k, v in trained.probe.items()})
+    return metrics
