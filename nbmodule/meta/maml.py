@@ -5,13 +5,20 @@ PyTorch: :func:`meta_loss` returns a differentiable loss over a batch of tasks, 
 ``loss.backward()`` and its optimiser. Second order by default (the inner gradients stay in the graph, so the
 meta-gradient differentiates through them); ``first_order=True`` detaches them (FOMAML).
 
-Tasks of a meta-batch run vectorised with ``torch.func.vmap`` or in a Python loop; both compute the same
-numbers. Which is faster depends on the layers: vmap turns per-task linear layers into batched matmuls
-(much faster than a loop for small MLPs), but per-task convolutions into grouped convolutions, which are
-several times slower than a loop on a CPU. ``strategy="auto"`` therefore picks the loop for conv nets on a
-CPU and vmap otherwise (see ``benchmarks/bench_maml_sinusoid.py`` for the measurements). One correctness
-exception: second-order gradients through BatchNorm/LayerNorm are wrong under vmap (functorch #534), so
-``"auto"`` uses the loop there and ``"vmap"`` refuses (see :func:`resolve_strategy`).
+Tasks of a meta-batch run in one of three ways that compute the same numbers (tests check the meta-gradients
+against each other): ``"loop"`` (one task at a time), ``"vmap"`` (``torch.func.vmap`` over tasks: per-task
+linear layers become batched matmuls, much faster than a loop for small MLPs) and ``"batched"`` (the
+task-batched program of :mod:`nbmodule.meta.batched`: per-task convolutions as batched GEMMs, per-task batch
+norm, plain autograd). Which is fastest depends on the model, the batch and the machine, so the measured
+choice is :func:`nbmodule.meta.choose_strategy` (it returns a :class:`~nbmodule.meta.StrategyChoice`, pass it
+as ``strategy=``, and records every timing for the run folder). ``strategy="auto"`` is a fixed, cheap rule
+(:func:`resolve_strategy`): vmap for models without convolutions, the loop for conv nets on a CPU. The
+measurements behind these rules are in ``benchmarks/`` (``bench_maml_sinusoid.py``, ``bench_fewshot.py``):
+vmap is 5-10x the loop on the sinusoid MLP; on Conv4 the loop and vmap are within ~10% of each other on a CPU
+(vmap's grouped convolutions are not several times slower there, but not faster either), and the batched
+path is what beats the loop. One correctness exception: second-order gradients through BatchNorm/LayerNorm
+are wrong under vmap (functorch #534), so ``"auto"`` uses the loop there and ``"vmap"`` refuses (see
+:func:`resolve_strategy`); the batched path is exact there.
 
 Example (a user's own module, five lines of meta-training)::
 
@@ -27,12 +34,16 @@ updates running statistics in place cannot run under vmap, so ``"auto"`` uses th
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence, Union
+import warnings
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
+
+if TYPE_CHECKING:
+    from .strategy import StrategyChoice
 
 __all__ = [
     "LossFn", "InnerLR", "forward", "adapt", "meta_loss", "finetune_curve", "resolve_strategy", "MAML", "Learner",
@@ -43,7 +54,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 InnerLR = Union[float, Sequence[float], Mapping[str, Tensor]]
 Tasks = tuple[Tensor, Tensor, Tensor, Tensor]
 
-_STRATEGIES = ("auto", "vmap", "loop")
+_STRATEGIES = ("auto", "vmap", "loop", "batched")
 
 
 def forward(model: nn.Module, params: Mapping[str, Tensor], x: Tensor,
@@ -126,16 +137,27 @@ def _normalises_with_input_statistics(m: nn.Module) -> bool:
 
 def resolve_strategy(strategy: str, model: nn.Module, device: torch.device | str, *,
                      first_order: bool = False) -> str:
-    """``"vmap"`` or ``"loop"`` for ``strategy``. ``"auto"`` = the loop for conv nets on a CPU (grouped convs
-    under vmap are slower than a loop there), for modules updating running statistics in place, and for
-    second-order MAML through BatchNorm/LayerNorm (vmap's gradients are wrong there); vmap otherwise.
-    Asking for ``"vmap"`` in that last case is an error rather than a silently wrong meta-gradient."""
+    """``"vmap"``, ``"loop"`` or ``"batched"`` for ``strategy``. ``"auto"`` = the loop for conv nets on a CPU
+    (grouped convs under vmap are no faster than a loop there), for modules updating running statistics in
+    place, and for second-order MAML through BatchNorm/LayerNorm (vmap's gradients are wrong there); vmap
+    otherwise. Asking for ``"vmap"`` in that last case is an error rather than a silently wrong meta-gradient.
+    ``"batched"`` for a model the batched path does not cover gives ``"loop"`` with a warning naming the layer.
+    The measured choice is :func:`nbmodule.meta.choose_strategy`."""
     if strategy not in _STRATEGIES:
         raise ValueError(f"strategy must be one of {_STRATEGIES}, got {strategy!r}")
     unsafe = not first_order and any(_normalises_with_input_statistics(m) for m in model.modules())
     if strategy == "vmap" and unsafe:
         raise ValueError("strategy='vmap' with second-order MAML through BatchNorm/LayerNorm gives wrong "
                          "meta-gradients (functorch issue #534); use strategy='loop' or 'auto', or first_order=True")
+    if strategy == "batched":
+        from .batched import Unsupported, compile_batched
+
+        try:
+            compile_batched(model)
+        except Unsupported as e:
+            warnings.warn(f"strategy 'batched' falls back to the loop: {e.reason}", stacklevel=3)
+            return "loop"
+        return "batched"
     if strategy != "auto":
         return strategy
     if unsafe:
@@ -168,18 +190,33 @@ def _map_tasks(fn: Callable[..., tuple[Tensor, ...]], tasks: Tasks, strategy: st
 
 def meta_loss(model: nn.Module, params: Mapping[str, Tensor], tasks: Sequence[Tensor], loss_fn: LossFn, *,
               steps: int = 1, inner_lr: InnerLR = 0.01, first_order: bool = False,
-              weights: Tensor | Sequence[float] | None = None, strategy: str = "auto", return_outputs: bool = False,
-              buffers: Mapping[str, Tensor] | None = None) -> tuple[Tensor, ...]:
+              weights: Tensor | Sequence[float] | None = None, strategy: "str | StrategyChoice" = "auto",
+              return_outputs: bool = False, buffers: Mapping[str, Tensor] | None = None,
+              chunk: int | None = None) -> tuple[Tensor, ...]:
     """The MAML objective over a batch of T tasks: ``mean_t(w_t * L_t)``, ``L_t`` = query loss after adaptation.
 
     ``tasks`` = ``(xs, ys, xq, yq)``, each with a leading task dim T (e.g. ``xs: (T, K, 1)``). ``weights``:
     (T,) per-task weights (importance weights), 1 by default. Returns ``(loss, per_task_losses)`` with
     ``per_task_losses: (T,)`` detached, plus ``query_outputs: (T, Q, ...)`` (detached predictions of the
-    adapted models on ``xq``) when ``return_outputs``.
+    adapted models on ``xq``) when ``return_outputs``. ``strategy``: ``"auto"``, ``"loop"``, ``"vmap"``,
+    ``"batched"`` or a :class:`~nbmodule.meta.StrategyChoice` from :func:`~nbmodule.meta.choose_strategy`;
+    ``chunk``: tasks per batched call (``"batched"`` only; default :func:`nbmodule.meta.batched.default_chunk`).
     """
     xs, ys, xq, yq = _check_tasks(tasks)
     _check_inner_lr(inner_lr, steps, params)
+    strategy, chunk = _unpack(strategy, chunk)
     strat = resolve_strategy(strategy, model, xs.device, first_order=first_order or steps == 0)
+    if strat == "batched":
+        from .batched import Unsupported, batched_meta_loss
+
+        try:
+            losses, outputs = batched_meta_loss(model, params, (xs, ys, xq, yq), loss_fn, steps=steps,
+                                                lr_of=lambda step, k: _lr(inner_lr, step, k),
+                                                first_order=first_order, buffers=buffers, chunk=chunk)
+            return _reduce(losses, outputs, weights, return_outputs)
+        except Unsupported as e:  # found while running (e.g. an op on a shape it does not cover)
+            warnings.warn(f"strategy 'batched' falls back to the loop: {e.reason}", stacklevel=2)
+            strat = "loop"
 
     def task_loss(xs_t: Tensor, ys_t: Tensor, xq_t: Tensor, yq_t: Tensor) -> tuple[Tensor, Tensor]:
         p = _adapt(model, params, xs_t, ys_t, loss_fn, steps, inner_lr, first_order, buffers, strat == "vmap")
@@ -187,6 +224,17 @@ def meta_loss(model: nn.Module, params: Mapping[str, Tensor], tasks: Sequence[Te
         return loss_fn(out, yq_t), out
 
     losses, outputs = _map_tasks(task_loss, (xs, ys, xq, yq), strat)  # (T,), (T, Q, ...)
+    return _reduce(losses, outputs, weights, return_outputs)
+
+
+def _unpack(strategy: "str | StrategyChoice", chunk: int | None) -> tuple[str, int | None]:
+    if isinstance(strategy, str):
+        return strategy, chunk
+    return strategy.strategy, chunk if chunk is not None else strategy.chunk
+
+
+def _reduce(losses: Tensor, outputs: Tensor, weights: Tensor | Sequence[float] | None,
+            return_outputs: bool) -> tuple[Tensor, ...]:
     if weights is None:
         loss = losses.mean()
     else:
@@ -200,8 +248,8 @@ def meta_loss(model: nn.Module, params: Mapping[str, Tensor], tasks: Sequence[Te
 
 
 def finetune_curve(model: nn.Module, params: Mapping[str, Tensor], tasks: Sequence[Tensor], loss_fn: LossFn, *,
-                   steps: int = 10, inner_lr: InnerLR = 0.01, strategy: str = "auto",
-                   buffers: Mapping[str, Tensor] | None = None) -> Tensor:
+                   steps: int = 10, inner_lr: InnerLR = 0.01, strategy: "str | StrategyChoice" = "auto",
+                   buffers: Mapping[str, Tensor] | None = None, chunk: int | None = None) -> Tensor:
     """Evaluation: query losses of each task after 0, 1, ..., ``steps`` plain gradient steps on its support set.
 
     No meta-gradient is kept (parameters detached, first order). Returns ``(T, steps + 1)``; column 0 is the
@@ -209,7 +257,17 @@ def finetune_curve(model: nn.Module, params: Mapping[str, Tensor], tasks: Sequen
     """
     xs, ys, xq, yq = _check_tasks(tasks)
     _check_inner_lr(inner_lr, steps, params)
+    strategy, chunk = _unpack(strategy, chunk)
     strat = resolve_strategy(strategy, model, xs.device, first_order=True)
+    if strat == "batched":
+        from .batched import Unsupported, batched_finetune_curve
+
+        try:
+            return batched_finetune_curve(model, params, (xs, ys, xq, yq), loss_fn, steps=steps,
+                                          lr_of=lambda step, k: _lr(inner_lr, step, k), buffers=buffers, chunk=chunk)
+        except Unsupported as e:
+            warnings.warn(f"strategy 'batched' falls back to the loop: {e.reason}", stacklevel=2)
+            strat = "loop"
     detached = {k: v.detach() for k, v in params.items()}
     bufs = {k: v.detach() for k, v in buffers.items()} if buffers else None
 
@@ -264,7 +322,7 @@ class MAML(nn.Module):
 
     def __init__(self, module: nn.Module, inner_lr: float | Sequence[float] = 0.01, *, steps: int = 1,
                  first_order: bool = False, learn_inner_lr: bool = False, adapt_names: Iterable[str] | None = None,
-                 strategy: str = "auto", loss_fn: LossFn | None = None):
+                 strategy: "str | StrategyChoice" = "auto", loss_fn: LossFn | None = None):
         super().__init__()
         self.module = module
         self.steps = steps
@@ -326,6 +384,17 @@ class MAML(nn.Module):
         return meta_loss(self.module, self.fast_params(), tasks, self._loss_fn(loss_fn), steps=n,
                          inner_lr=self.step_lrs(n), first_order=self.first_order, weights=weights,
                          strategy=self.strategy, return_outputs=return_outputs)
+
+    def choose_strategy(self, tasks: Sequence[Tensor], loss_fn: LossFn | None = None, *, steps: int | None = None,
+                        **kwargs) -> "StrategyChoice":
+        """Measure the strategies on ``tasks`` (:func:`nbmodule.meta.choose_strategy`), keep the pick as this
+        wrapper's ``strategy`` and return the record (write ``choice.to_dict()`` into the run folder)."""
+        from .strategy import choose_strategy
+
+        n = self.steps if steps is None else steps
+        self.strategy = choose_strategy(self.module, self.fast_params(), tasks, self._loss_fn(loss_fn), steps=n,
+                                        inner_lr=self.step_lrs(n), first_order=self.first_order, **kwargs)
+        return self.strategy
 
     def finetune_curve(self, tasks: Sequence[Tensor], loss_fn: LossFn | None = None, *, steps: int = 10,
                        inner_lr: InnerLR | None = None) -> Tensor:

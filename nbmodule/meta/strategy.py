@@ -1,0 +1,225 @@
+"""Measured choice of how the tasks of a meta-batch run: :func:`choose_strategy` -> :class:`StrategyChoice`.
+
+The candidates compute the same meta-gradient (tests check it) and differ only in speed and memory:
+
+* ``loop``: one task at a time (always valid, the reference);
+* ``vmap``: ``torch.func.vmap`` over tasks (not for second order through batch norm: functorch #534);
+* ``batched``: the task-batched program of :mod:`nbmodule.meta.batched`, in chunks of ``chunk`` tasks
+  (only for models it covers; otherwise excluded with the reason).
+
+Protocol: every candidate's peak memory is first estimated on a small sub-batch (bytes autograd keeps for the
+backward, scaled to the full meta-batch; on a GPU also ``max_memory_allocated``) and candidates that would not
+fit in ``memory_fraction`` of the free memory are excluded before they ever run at full size. The rest run
+one full meta-iteration each (meta-loss and meta-gradient, no optimiser step) in interleaved rounds, the order
+rotating every round: ``warmup`` untimed rounds, then ``repeats`` timed rounds; the pick is the lowest median,
+and a candidate must beat the loop's median to be picked. The whole record (every timing, medians, memory,
+exclusions, threads, device, shapes) is :meth:`StrategyChoice.to_dict`, for the run folder.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+__all__ = ["StrategyChoice", "choose_strategy", "available_memory", "graph_bytes"]
+
+
+@dataclass
+class StrategyChoice:
+    """The measured pick: pass it as ``meta_loss(..., strategy=choice)`` (it carries ``chunk`` too)."""
+
+    strategy: str
+    chunk: int | None = None
+    requested: str = "auto"
+    medians_s: dict[str, float] = field(default_factory=dict)   # candidate -> median seconds per meta-iteration
+    seconds: dict[str, list[float]] = field(default_factory=dict)  # candidate -> every timed round
+    peak_bytes: dict[str, float] = field(default_factory=dict)  # candidate -> estimated peak for the full batch
+    excluded: dict[str, str] = field(default_factory=dict)      # candidate -> why it was not a candidate
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """``loop``, ``vmap`` or ``batched`` with its chunk, e.g. ``batched8``."""
+        return _label(self.strategy, self.chunk)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self)}
+
+    def summary(self) -> str:
+        times = ", ".join(f"{k} {v:.3g} s" for k, v in sorted(self.medians_s.items(), key=lambda kv: kv[1]))
+        out = f"strategy {self.name} (requested {self.requested}); medians per meta-iteration: {times or 'not timed'}"
+        if self.excluded:
+            out += "; excluded: " + "; ".join(f"{k}: {v}" for k, v in self.excluded.items())
+        return out
+
+
+def _label(strategy: str, chunk: int | None) -> str:
+    return f"batched{chunk}" if strategy == "batched" else strategy
+
+
+def available_memory(device: torch.device | str) -> int:
+    """Bytes that can still be allocated: free GPU memory, or the OS's MemAvailable on a CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # psutil is optional: Linux's own count
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return 2**62
+
+
+def graph_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """``fn()`` and the bytes of the distinct storages autograd saved for the backward while it ran: the
+    memory a meta-loss keeps alive until its backward (the dominant term of its peak)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Sequence[Tensor], loss_fn: Callable, *,
+                    steps: int = 1, inner_lr: Any = 0.01, first_order: bool = False,
+                    buffers: Mapping[str, Tensor] | None = None, requested: str = "auto",
+                    candidates: Sequence[str | tuple[str, int | None]] | None = None, repeats: int = 5,
+                    warmup: int = 1, memory_fraction: float = 0.8, memory_budget: int | None = None
+                    ) -> StrategyChoice:
+    """Measure the valid strategies on this meta-batch and return the fastest that fits in memory.
+
+    ``requested`` other than ``"auto"`` is checked and returned unmeasured (``batched`` falls back to the loop,
+    with the reason in ``excluded``, for models it does not cover). ``candidates``: override the list, as names
+    or ``("batched", chunk)`` pairs. ``memory_budget``: bytes (default ``memory_fraction`` of the free memory).
+    No ``.grad`` is touched and the global RNG state is restored.
+    """
+    from .batched import Unsupported, compile_batched, default_chunk
+    from .maml import meta_loss, resolve_strategy
+
+    xs = tasks[0]
+    device = xs.device
+    T = xs.shape[0]
+    protocol = {"repeats": repeats, "warmup": warmup, "interleaved": True, "statistic": "median",
+                "threads": torch.get_num_threads(), "device": str(device), "tasks": T,
+                "support_shape": list(tasks[0].shape), "query_shape": list(tasks[2].shape), "steps": steps,
+                "first_order": first_order, "dtype": str(xs.dtype)}
+    excluded: dict[str, str] = {}
+    if requested not in ("auto", "loop", "vmap", "batched"):
+        raise ValueError(f"requested must be auto, loop, vmap or batched, got {requested!r}")
+
+    def batched_ok() -> bool:
+        try:
+            compile_batched(model)
+            return True
+        except Unsupported as e:
+            excluded["batched"] = f"not covered by the batched path: {e.reason}"
+            return False
+
+    if requested != "auto":
+        if requested == "batched" and not batched_ok():
+            warnings.warn(f"strategy 'batched' falls back to the loop: {excluded['batched']}", stacklevel=2)
+            return StrategyChoice("loop", None, requested, excluded=excluded, protocol=protocol)
+        if requested == "vmap":
+            resolve_strategy("vmap", model, device, first_order=first_order or steps == 0)  # raises where wrong
+        chunk = default_chunk(T, device) if requested == "batched" else None
+        return StrategyChoice(requested, chunk, requested, protocol=protocol)
+
+    if candidates is None:
+        cands: list[tuple[str, int | None]] = [("loop", None)]
+        try:
+            if resolve_strategy("auto", model, device, first_order=first_order or steps == 0) == "vmap" or \
+                    device.type != "cpu":
+                resolve_strategy("vmap", model, device, first_order=first_order or steps == 0)
+                cands.append(("vmap", None))
+            else:
+                excluded["vmap"] = "resolve_strategy rules it out here (see nbmodule.meta.maml)"
+        except ValueError as e:
+            excluded["vmap"] = str(e)
+        if batched_ok():
+            cands += sorted({("batched", default_chunk(T, device)), ("batched", T)}, key=lambda c: c[1])
+    else:
+        cands = [(c, default_chunk(T, device) if c == "batched" else None) if isinstance(c, str) else tuple(c)
+                 for c in candidates]
+        if any(s == "batched" for s, _ in cands) and not batched_ok():
+            cands = [c for c in cands if c[0] != "batched"]
+        if not any(s == "loop" for s, _ in cands):
+            cands.insert(0, ("loop", None))
+
+    meta_params = list({id(t): t for t in [*params.values(), *model.parameters()] if t.requires_grad}.values())
+
+    def iteration(strategy: str, chunk: int | None, sub: slice | None = None) -> Callable[[], None]:
+        batch = tasks if sub is None else tuple(t[sub] for t in tasks)
+
+        def run() -> None:
+            loss = meta_loss(model, params, batch, loss_fn, steps=steps, inner_lr=inner_lr, first_order=first_order,
+                             buffers=buffers, strategy=strategy, chunk=chunk)[0]
+            torch.autograd.grad(loss, meta_params, allow_unused=True)
+        return run
+
+    budget = memory_budget if memory_budget is not None else int(memory_fraction * available_memory(device))
+    protocol["memory_budget_bytes"] = budget
+    devices = [device] if device.type == "cuda" else []
+    peaks: dict[str, float] = {}
+    fitting: list[tuple[str, int | None]] = []
+    with torch.random.fork_rng(devices=devices):
+        # memory first, on a sub-batch of whole chunks, scaled to T tasks: nothing too big ever runs in full
+        for strategy, chunk in cands:
+            label = _label(strategy, chunk)
+            k = min(T, chunk or 1, 4) if strategy == "batched" else min(T, 2)
+            k = max(1, k)
+            _, saved = graph_bytes(lambda: meta_loss(model, params, tuple(t[:k] for t in tasks), loss_fn, steps=steps,
+                                                     inner_lr=inner_lr, first_order=first_order, buffers=buffers,
+                                                     strategy=strategy, chunk=chunk)[0])
+            # the backward allocates about as much again as it frees: keep 2x the saved bytes as the peak
+            peaks[label] = 2.0 * saved * T / k
+            if peaks[label] > budget:
+                excluded[label] = (f"would not fit: ~{peaks[label] / 2**30:.2f} GiB estimated for {T} tasks "
+                                   f"> budget {budget / 2**30:.2f} GiB")
+            else:
+                fitting.append((strategy, chunk))
+        if not fitting:  # nothing fits: the smallest is the only hope
+            smallest = min(cands, key=lambda c: peaks[_label(*c)])
+            fitting = [smallest]
+            excluded.pop(_label(*smallest), None)
+            warnings.warn(f"no strategy fits the memory budget; trying the smallest, {_label(*smallest)}", stacklevel=2)
+        runs = {_label(s, c): iteration(s, c) for s, c in fitting}
+        seconds: dict[str, list[float]] = {k: [] for k in runs}
+        names = list(runs)
+        for r in range(warmup + repeats):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                _sync(device)
+                t0 = time.perf_counter()
+                runs[name]()
+                _sync(device)
+                if r >= warmup:
+                    seconds[name].append(time.perf_counter() - t0)
+    medians = {k: statistics.median(v) if v else float("nan") for k, v in seconds.items()}
+    best = min(medians, key=lambda k: medians[k])
+    if "loop" in medians and not medians[best] < medians["loop"]:
+        best = "loop"
+    strategy, chunk = next((s, c) for s, c in fitting if _label(s, c) == best)
+    protocol["rounds_order"] = "rotating"
+    return StrategyChoice(strategy, chunk, requested, medians, seconds,
+                          {k: v for k, v in peaks.items()}, excluded, protocol)
