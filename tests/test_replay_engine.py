@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from nbmodule.config import ConfigError
 from nbmodule.data.replay import ReplayBuffer
 from nbmodule.engines import replay as engine
 from nbmodule.engines.replay.protocol import MetricRangeError, check_unit_interval
-from nbmodule.runs import RunContext, RunDir
+from nbmodule.runs import ResumeError, RunContext, RunDir
 from nbmodule.studies import execute, get_study
 
 Config = engine.Config
@@ -136,14 +137,19 @@ def _rows(path):
         return list(csv.DictReader(fh))
 
 
-def test_both_doors_write_the_contract_and_a_rerun_reuses_it(data_root, tmp_path):
-    """The command line, then execute() on the same folder: same numbers, every stage read back."""
-    study = get_study("replay")
+@pytest.fixture(scope="module")
+def contract_run(data_root, tmp_path_factory):
+    """One run of every kind through the command line (the notebook's door is the same execute())."""
+    out = tmp_path_factory.mktemp("runs")
     values = {**TINY, "runs": ["noreplay", "alone", "lwf"]}
     overrides = [f"{k}={json.dumps(v)}" for k, v in values.items()]
-    assert cli.main(["run", "replay", "--config", "default", "--out", str(tmp_path), "--data", str(data_root),
+    assert cli.main(["run", "replay", "--config", "default", "--out", str(out), "--data", str(data_root),
                      "--device", "cpu", "--no-progress", *overrides]) == 0
-    rd = RunDir(tmp_path, study.notebook)
+    return RunDir(out, get_study("replay").notebook), Config.from_values(values)
+
+
+def test_the_run_folder_holds_the_contract(contract_run):
+    rd, _ = contract_run
     m = rd.metrics
     for key in ("seg_miou", "det_map", "det_map50", "cls_top1", "seg_drop_pct", "det_drop_abs", "mean_drop_pct",
                 "noreplay_seg_miou", "noreplay_det_drop_pct", "lwf_seg_drop_pct", "alone_seg_miou", "alone_det_map",
@@ -171,10 +177,38 @@ def test_both_doors_write_the_contract_and_a_rerun_reuses_it(data_root, tmp_path
     assert json.loads((rd / "weights.json").read_text())["weights"] == "random (pretrained=False)"
     data = json.loads((rd / "data.json").read_text())
     assert all(d["synthetic"] and d["train"] == 6 and d["val"] == 3 for d in data.values())
-    assert {f"{s.name}.png" for s in study.figures()} <= {p.name for p in rd.path.iterdir()}
+    assert {f"{s.name}.png" for s in get_study("replay").figures()} <= {p.name for p in rd.path.iterdir()}
 
-    stamps = {p.name: p.stat().st_mtime_ns for p in (rd.path / "checkpoints").iterdir()}
-    cfg = Config.from_values(values)
-    again = execute(study, cfg, rd, _ctx(data_root))
-    assert {k: v for k, v in again.items() if k != "latency_ms"} == {k: v for k, v in m.items() if k != "latency_ms"}
-    assert {p.name: p.stat().st_mtime_ns for p in (rd.path / "checkpoints").iterdir()} == stamps  # nothing retrained
+
+def _stamps(rd):
+    return {p.name: p.stat().st_mtime_ns for p in (rd.path / "checkpoints").iterdir()}
+
+
+def test_a_rerun_reads_every_stage_back_with_the_same_numbers(contract_run, data_root, tmp_path):
+    src, cfg = contract_run
+    rd = RunDir(shutil.copytree(src.path, tmp_path / "copy"))
+    stamps = _stamps(rd)
+    again = engine.run(cfg, rd, _ctx(data_root))
+    first = src.metrics
+    assert {k: v for k, v in again.items() if k != "latency_ms"} == {k: v for k, v in first.items() if k != "latency_ms"}
+    assert _stamps(rd) == stamps  # nothing retrained
+
+
+def test_a_changed_field_is_refused_naming_it_and_neutral_ones_resume(contract_run, data_root, tmp_path):
+    src, cfg = contract_run
+    rd = RunDir(shutil.copytree(src.path, tmp_path / "copy"))
+    study, ctx = get_study("replay"), _ctx(data_root)
+    stored = json.loads((rd / "config.json").read_text())
+    changed = Config.from_values({**cfg.to_dict(), "lr": 0.004})
+    with pytest.raises(ResumeError, match=r"lr \(stored 0.002, now 0.004\).*--restart"):
+        execute(study, changed, rd, ctx)
+    assert json.loads((rd / "config.json").read_text()) == stored  # config.json still tells the truth
+    # past execute's check (a direct call, copied checkpoints): every stage checkpoint refuses it too
+    with pytest.raises(ResumeError, match=r"lr \(stored 0.002, now 0.004\)"):
+        engine.run(changed, rd, ctx)
+    # neutral fields (the checkpoint period, latency repeats, example count) resume to the same numbers
+    stamps = _stamps(rd)
+    neutral = Config.from_values({**cfg.to_dict(), "checkpoint_every": 1, "latency_repeats": 2, "n_examples": 2})
+    again = execute(study, neutral, rd, ctx)
+    assert all(again[k] == v for k, v in src.metrics.items() if k != "latency_ms")
+    assert _stamps(rd) == stamps

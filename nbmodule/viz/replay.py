@@ -97,7 +97,7 @@ def data_table(run_dir: str | Path) -> pd.DataFrame:
     data = RunDir(run_dir, create=False).read_json("data.json", {})
     return pd.DataFrame([{"task": t, "dataset": d["dataset"], "synthetic": d["synthetic"], "source": d["source"],
                           "train": d["train"], "val": d["val"], "classes": len(d["classes"]), "note": d["note"]}
-                         for t, d in data.items()])
+                         for t, d in sorted(data.items(), key=lambda kv: TASKS.index(kv[0]))])
 
 
 def data_banner(run_dir: str | Path) -> str:
