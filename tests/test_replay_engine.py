@@ -58,6 +58,19 @@ def test_config_bounds_fail_before_training_naming_the_field():
     assert Config.from_values({"image_size": 32}).image_size == 32  # the smallest a stride-32 backbone takes
 
 
+def test_profiles_name_configs_and_gpu_dry_keeps_the_gpu_experiment():
+    from nbmodule.profiles import load_profiles, study_profile
+
+    profiles, stem = load_profiles(), get_study("replay").notebook
+    cfg = {p: study_profile(profiles, p, stem, Config)[0] for p in ("smoke", "cpu", "gpu", "gpu-dry")}
+    assert cfg["cpu"] == Config.from_values({}) and cfg["cpu"].synthetic  # default.yaml is the cpu experiment
+    gpu, dry = cfg["gpu"], cfg["gpu-dry"]
+    assert not gpu.synthetic and gpu.image_size == 512 and gpu.backbone == "mobilenet_v3_large" and gpu.amp
+    same = ("synthetic", "image_size", "backbone", "pretrained", "fpn_channels", "amp", "runs", "replay_tasks")
+    assert all(getattr(dry, f) == getattr(gpu, f) for f in same)
+    assert max(dry.steps_seg, dry.steps_det, dry.steps_cls) <= 3 and dry.batch_size <= 2
+
+
 def test_a_config_naming_absent_coco_categories_is_refused_before_training(data_root):
     with pytest.raises(ConfigError, match=r"det data at .*'zebra'"):
         engine.prepare_tasks(Config.from_values({**TINY, "det_classes": ["zebra"]}), data_root)
@@ -130,6 +143,28 @@ def test_amp_trains_in_bfloat16_on_cpu(tasks):
     prec = engine.Precision(True, torch.device("cpu"))
     assert prec.dtype == torch.bfloat16 and not prec.scaler.is_enabled() and "bfloat16" in prec.describe()
     assert engine.Precision(False, torch.device("cpu")).describe() == "float32"
+
+
+def test_the_float16_gradscaler_path_runs_and_checkpoints_on_cpu(tasks, monkeypatch, tmp_path):
+    """The CUDA branch (float16 autocast, GradScaler, its state in the checkpoint), run on a CPU so a typo in
+    it cannot wait for a GPU to be found."""
+    from nbmodule.engines.replay import training
+
+    class CpuFloat16(training.Precision):
+        def __init__(self, enabled, device):
+            super().__init__(enabled, device)
+            self.dtype, self.scaler = torch.float16, torch.amp.GradScaler("cpu", enabled=enabled)
+
+    monkeypatch.setattr(training, "Precision", CpuFloat16)
+    cfg = Config.from_values({**TINY, "amp": True, "steps_cls": 3, "checkpoint_every": 2})
+    ck = RunDir(tmp_path).checkpointer("cls", config=cfg)
+    model = get_model(tasks)
+    seen = []
+    model.head.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    rows = engine.train_stage(model, "cls", tasks["cls"], cfg, device=torch.device("cpu"), seed=0, checkpoint=ck)
+    assert set(seen) == {torch.float16} and all(math.isfinite(r["loss"]) for r in rows)
+    state = ck.load()
+    assert ck.step == 2 and state["scaler"]["scale"] > 0  # the scaler's state travels with the checkpoint
 
 
 def _rows(path):

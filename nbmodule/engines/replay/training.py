@@ -22,11 +22,12 @@ __all__ = ["Precision", "task_loss", "lwf_loss", "batch_indices", "train_stage"]
 
 class Precision:
     """Mixed precision for one device: ``bfloat16`` autocast on CPU (no scaler needed: bfloat16 has float32's
-    range), ``float16`` autocast with a ``GradScaler`` on CUDA; disabled: plain float32 everywhere."""
+    range), ``float16`` autocast with a ``GradScaler`` on CUDA; disabled (and on other devices, e.g. MPS):
+    plain float32 everywhere."""
 
     def __init__(self, enabled: bool, device: torch.device):
-        self.enabled = bool(enabled)
-        self.device_type = device.type if device.type in ("cuda", "cpu") else "cpu"
+        self.enabled = bool(enabled) and device.type in ("cuda", "cpu")
+        self.device_type = device.type if self.enabled else "cpu"
         self.dtype = torch.float16 if self.device_type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.device_type == "cuda")
 
