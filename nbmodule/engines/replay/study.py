@@ -182,40 +182,56 @@ def _nan_to_none(v: float | None) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
+def _sequence_metrics(prefix: str, evals: list[dict[str, float]]) -> dict[str, Any]:
+    """A sequential run's metrics from its evaluations after each stage: ``stage{k}_{metric}``, the final
+    metrics, each task's forgetting (``_drop_pct``, ``_drop_abs``) and ``mean_drop_pct`` of the earlier tasks."""
+    out: dict[str, Any] = {}
+    for k, ev in enumerate(evals, start=1):
+        out.update({f"{prefix}stage{k}_{m}": v for m, v in ev.items()})
+    final = evals[-1]
+    out.update({f"{prefix}{m}": final.get(m) for m in METRICS})
+    drops = []
+    for k, task in enumerate(TASKS):
+        rel, points = forgetting(evals[k][TASK_METRIC[task]], final[TASK_METRIC[task]])
+        out[f"{prefix}{task}_drop_pct"], out[f"{prefix}{task}_drop_abs"] = _nan_to_none(rel), _nan_to_none(points)
+        if task != TASKS[-1]:  # the last task's own stage is the end of training: nothing to forget
+            drops.append(rel)
+    out[f"{prefix}mean_drop_pct"] = _nan_to_none(mean_drop(drops))
+    return out
+
+
+def _reductions(metrics: dict[str, Any]) -> dict[str, float]:
+    """How many points of mean relative drop replay (and LwF) save against no replay."""
+    base, out = metrics.get("noreplay_mean_drop_pct"), {}
+    for prefix, key in (("", "forgetting_reduction_pct"), ("lwf_", "lwf_forgetting_reduction_pct")):
+        own = metrics.get(f"{prefix}mean_drop_pct")
+        if base is not None and own is not None:
+            out[key] = base - own
+    return out
+
+
 def run_study(cfg: ReplayConfig, rd: RunDir, *, tasks: dict[str, TaskData], device: torch.device | str = "cpu",
               progress: bool = True, callback: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """Train every configured run on ``tasks`` (finished stages are loaded, an interrupted one resumes), write
     the run folder's files (see :mod:`nbmodule.engines.replay`) and return the flat metrics."""
     device = torch.device(device)
+    metrics: dict[str, Any] = {}
+    loss_rows: list[dict] = []
+    stage_rows: list[dict] = []
+    table: list[dict] = []
     with progress_bar(total=_total_steps(cfg), desc="replay study", enabled=progress) as bar:
         st = _Study(cfg, tasks, rd, device, bar, callback)
-        metrics: dict[str, Any] = {}
-        loss_rows: list[dict] = []
-        stage_rows: list[dict] = []
-        table: list[dict] = []
         final_model = None
         for run, method in sequential_runs(cfg):
             evals, rows, model = st.sequence(run, method)
             final_model = model if run == "replay" else final_model
             loss_rows += rows
-            prefix = "" if run == "replay" else f"{run}_"
-            offset = 0
+            metrics.update(_sequence_metrics("" if run == "replay" else f"{run}_", evals))
             for k, (task, ev) in enumerate(zip(TASKS, evals), start=1):
-                offset += cfg.steps(task)
                 row = {m: ev.get(m, math.nan) for m in METRICS}
-                stage_rows.append({"run": run, "seed": cfg.seed, "step": offset, "stage": k, **row})
+                step = sum(cfg.steps(t) for t in TASKS[:k])
+                stage_rows.append({"run": run, "seed": cfg.seed, "step": step, "stage": k, **row})
                 table.append({"run": run, "stage": task, **{m: "" if math.isnan(v) else v for m, v in row.items()}})
-                metrics.update({f"{prefix}stage{k}_{m}": v for m, v in ev.items()})
-            final = evals[-1]
-            metrics.update({f"{prefix}{m}": final.get(m) for m in METRICS})
-            drops = []
-            for k, task in enumerate(TASKS):
-                rel, points = forgetting(evals[k][TASK_METRIC[task]], final[TASK_METRIC[task]])
-                metrics[f"{prefix}{task}_drop_pct"] = _nan_to_none(rel)
-                metrics[f"{prefix}{task}_drop_abs"] = _nan_to_none(points)
-                if task != TASKS[-1]:  # the last task's own stage is the end of training: nothing to forget
-                    drops.append(rel)
-            metrics[f"{prefix}mean_drop_pct"] = _nan_to_none(mean_drop(drops))
         if "alone" in cfg.runs:
             for task in TASKS:
                 ev, rows = st.alone(task)
@@ -223,17 +239,13 @@ def run_study(cfg: ReplayConfig, rd: RunDir, *, tasks: dict[str, TaskData], devi
                 stage_rows.append({"run": f"alone_{task}", "seed": cfg.seed, "step": cfg.steps(task), "stage": 1,
                                    **{m: ev.get(m, math.nan) for m in METRICS}})
                 metrics.update({f"alone_{m}": v for m, v in ev.items()})
-    base = metrics.get("noreplay_mean_drop_pct")  # how much a method lowers forgetting, in points of mean drop
-    for prefix, key in (("", "forgetting_reduction_pct"), ("lwf_", "lwf_forgetting_reduction_pct")):
-        own = metrics.get(f"{prefix}mean_drop_pct")
-        if base is not None and own is not None and (prefix == "" or "lwf" in cfg.runs):
-            metrics[key] = base - own
+    metrics.update(_reductions(metrics))
     check_unit_interval({k: v for k, v in metrics.items() if k.endswith(METRICS)}, f"replay study in {rd.path}")
 
     rd.write_curve("loss", loss_rows)
     rd.write_curve("stage_metrics", stage_rows)
     _write_stage_table(rd, table)
-    assert final_model is not None
+    assert final_model is not None  # the replay run always runs
     _save_examples(final_model, tasks, rd, device, cfg.n_examples, cfg.det_score_threshold, st.precision)
     lat = measure_latency(final_model, (1, 3, cfg.latency_size, cfg.latency_size), device,
                           repeats=cfg.latency_repeats, warmup=3)
