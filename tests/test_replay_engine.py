@@ -76,6 +76,14 @@ def test_a_config_naming_absent_coco_categories_is_refused_before_training(data_
         engine.prepare_tasks(Config.from_values({**TINY, "det_classes": ["zebra"]}), data_root)
 
 
+def test_a_detection_set_without_boxes_is_refused_before_training(data_root, tmp_path):
+    coco = shutil.copytree(data_root / "synthetic" / "coco", tmp_path / "coco")
+    ann = coco / "annotations" / "instances_train2017.json"
+    ann.write_text(json.dumps({**json.loads(ann.read_text()), "annotations": []}))
+    with pytest.raises(ConfigError, match=r"det data at .*no training image holds a box"):
+        engine.open_task(Config.from_values(TINY), "det", coco)
+
+
 def test_forgetting_is_relative_percent_and_absolute_points():
     assert engine.forgetting(0.5, 0.45) == pytest.approx((10.0, 5.0))
     assert engine.forgetting(0.4, 0.5) == pytest.approx((-25.0, -10.0))  # a gain is a negative drop

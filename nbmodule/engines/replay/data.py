@@ -57,6 +57,8 @@ def open_task(cfg: ReplayConfig, task: str, root: str | Path, *, splits: tuple[s
             raise ConfigError(f"{task} data at {root}: split {split!r} holds no image")
     if train.num_classes < 1:
         raise ConfigError(f"{task} data at {root}: no class to learn")
+    if task == "det" and not any(train.annotations):
+        raise ConfigError(f"det data at {root}: no training image holds a box of {list(train.classes)}")
     return TaskData(train, val, Path(root), synthetic, source, note)
 
 
