@@ -25,7 +25,7 @@ from torch.func import functional_call, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nbmodule.profiling import median_seconds  # noqa: E402
+from nbmodule.profiling import BenchResults, median_seconds, torch_threads  # noqa: E402
 from nbmodule.rl import (GaussianMLPPolicy, MetaRLSettings, Nav2D, Timer, adapt, compute_advantages,  # noqa: E402
                          expand_params, meta_iteration, sample_trajectories)
 from nbmodule.rl.maml import (MetaBatch, StepData, cheap_curvature, inner_loss, meta_objective,  # noqa: E402
@@ -78,8 +78,12 @@ def _cheetah_steps_per_s(sampler: str, tasks: int, traj: int, horizon: int, repe
     return tasks * traj * horizon / seconds
 
 
-def run(quick: bool = False) -> dict[str, float]:
-    torch.set_num_threads(1)  # fixed: the comparison must not depend on the machine's load balancing
+def run(quick: bool = False) -> BenchResults:
+    with torch_threads(1):  # fixed: the comparison must not depend on the machine's load balancing
+        return _run(quick)
+
+
+def _run(quick: bool) -> BenchResults:
     tasks, traj, horizon = (4, 4, 20) if quick else (20, 20, 100)
     repeats = 2 if quick else 5
     torch.manual_seed(0)
@@ -122,21 +126,22 @@ def run(quick: bool = False) -> dict[str, float]:
         theta, _, _ = meta_iteration(env, policy, theta, settings, g, timer)
     split = {phase: timer.seconds.get(phase, 0.0) / iters for phase in ("sampling", "inner", "trpo")}
 
-    res = {
+    res = BenchResults({
+        "maml_rl_threads": torch.get_num_threads(),
         "maml_rl_nav2d_s_per_iter": sum(split.values()),
         "maml_rl_nav2d_sampling_s_per_iter": split["sampling"],
         "maml_rl_nav2d_inner_s_per_iter": split["inner"],
         "maml_rl_nav2d_trpo_s_per_iter": split["trpo"],
         "maml_rl_nav2d_rollout_s": t_sample,
         "maml_rl_nav2d_rollout_vmap_s": t_sample_vmap,
-        "maml_rl_nav2d_rollout_speedup": t_sample_vmap / t_sample,
         "maml_rl_nav2d_inner_update_s": t_inner,
         "maml_rl_nav2d_inner_update_loop_s": t_inner_loop,
-        "maml_rl_nav2d_inner_update_speedup": t_inner_loop / t_inner,
         "maml_rl_nav2d_trpo_exact_s": t_trpo,
         "maml_rl_nav2d_trpo_cheap_s": t_trpo_cheap,
-        "maml_rl_nav2d_trpo_exact_over_cheap_ratio": t_trpo / t_trpo_cheap,
-    }
+    })
+    res.ratio("maml_rl_nav2d_rollout_speedup", "maml_rl_nav2d_rollout_vmap_s", "maml_rl_nav2d_rollout_s")
+    res.ratio("maml_rl_nav2d_inner_update_speedup", "maml_rl_nav2d_inner_update_loop_s", "maml_rl_nav2d_inner_update_s")
+    res.ratio("maml_rl_nav2d_trpo_exact_over_cheap_ratio", "maml_rl_nav2d_trpo_exact_s", "maml_rl_nav2d_trpo_cheap_s")
     print(f"[maml_rl] 2D navigation, {tasks} tasks x {traj} trajectories x {horizon} steps, 1 thread: "
           f"{res['maml_rl_nav2d_s_per_iter']:.2f} s per meta-iteration = sampling {split['sampling']:.3f} + inner "
           f"{split['inner']:.3f} + TRPO {split['trpo']:.2f}")
@@ -156,8 +161,9 @@ def run(quick: bool = False) -> dict[str, float]:
         # workers spinning beside the pool make both many times slower)
         rollout = _cheetah_steps_per_s("rollout", c_tasks, c_traj, c_h, repeats, threads=2)
         vector = _cheetah_steps_per_s("vector", c_tasks, c_traj, c_h, repeats, threads=1)
-        res.update({"maml_rl_cheetah_rollout_steps_per_s": rollout, "maml_rl_cheetah_vector_steps_per_s": vector,
-                    "maml_rl_cheetah_rollout_speedup": rollout / vector})
+        res.update({"maml_rl_cheetah_rollout_steps_per_s": rollout, "maml_rl_cheetah_vector_steps_per_s": vector})
+        res.ratio("maml_rl_cheetah_rollout_speedup", "maml_rl_cheetah_rollout_steps_per_s",
+                  "maml_rl_cheetah_vector_steps_per_s")
         print(f"[maml_rl] HalfCheetah {c_tasks} tasks x {c_traj} trajectories: mujoco.rollout {rollout:.0f} steps/s, "
               f"SyncVectorEnv {vector:.0f} steps/s -> {rollout / vector:.1f}x")
     return res

@@ -7,14 +7,15 @@ process, same weights and batch, warm-up first, median of repeats:
 * on a GPU (the gpu profile's setting, ResNet-50 at 288x384, batch 8): ``fp32`` against ``amp`` (float16
   autocast + GradScaler, as ``MTMLConfig.amp``), ``torch.cuda.synchronize()`` around each timing;
 * on a CPU (the cpu profile's setting, MobileNet-v3-small at 60x80, batch 8, 2 threads; ``quick``: 48x64,
-  batch 4, 1 thread): contiguous
-  ``fp32`` against ``channels_last`` memory format.
+  batch 4, 1 thread): contiguous ``fp32`` (how the engine trains) against the ``channels_last`` memory
+  format, a PyTorch measurement (no engine uses channels_last): its keys start with ``torch_channels_last_``.
 
 Also the MTML outer step (4 task subsets of 3 training tasks, first order, fp32) in images per second, where
 an image counts once per subset it is used in (support + query).
 
-Keys: ``mtml_fp32_img_s``, ``mtml_{amp|channels_last}_img_s``, ``mtml_{amp|channels_last}_speedup``
-(candidate / fp32 throughput), ``mtml_meta_step_img_s``, ``mtml_on_cuda``.
+Keys: ``mtml_fp32_img_s``, on a GPU ``mtml_amp_img_s`` and ``mtml_amp_speedup`` (the engine's ``amp`` option,
+amp / fp32 throughput), on a CPU ``torch_channels_last_mtml_img_s`` and ``torch_channels_last_mtml_speedup``,
+``mtml_meta_step_img_s``, ``mtml_threads``, ``mtml_on_cuda``.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch
 
 from nbmodule.engines.mtml import MTMLConfig, RunDir, meta_train, task_loss
 from nbmodule.models import build_model
-from nbmodule.profiling import median_seconds
+from nbmodule.profiling import BenchResults, median_seconds
 
 TASKS = {"seg": 40, "depth": 1, "normals": 3, "edges": 1}
 
@@ -52,7 +53,7 @@ def _train_step(model, opt, batch, *, amp: bool, scaler, device: torch.device):
     return step
 
 
-def run(quick: bool = False) -> dict[str, float]:
+def run(quick: bool = False) -> BenchResults:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     threads = torch.get_num_threads()
@@ -65,7 +66,7 @@ def run(quick: bool = False) -> dict[str, float]:
         repeats, inner = (1, 2) if quick else (5, 5)
         gen = torch.Generator().manual_seed(0)
         batch = _batch(n, size, device, gen)
-        res: dict[str, float] = {"mtml_on_cuda": int(cuda)}
+        res = BenchResults(mtml_on_cuda=int(cuda), mtml_threads=torch.get_num_threads())
         torch.manual_seed(0)
         model = build_model("mtl", tasks=TASKS, backbone=backbone).to(device)
         state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -89,8 +90,9 @@ def run(quick: bool = False) -> dict[str, float]:
         base = measure("fp32")
         other = measure(cand)
         res["mtml_fp32_img_s"] = base
-        res[f"mtml_{cand}_img_s"] = other
-        res[f"mtml_{cand}_speedup"] = other / base
+        label = "mtml_amp" if cand == "amp" else "torch_channels_last_mtml"
+        res[f"{label}_img_s"] = other
+        res.ratio(f"{label}_speedup", f"{label}_img_s", "mtml_fp32_img_s")
         print(f"mtml: {cand} {other:.1f} img/s vs fp32 {base:.1f} img/s on {device} ({backbone}, {size}): "
               f"x{other / base:.2f}")
 
@@ -105,6 +107,9 @@ def run(quick: bool = False) -> dict[str, float]:
             _, st = meta_train(cfg, RunDir(tmp), "timed", model, ["seg", "depth", "edges"], data, device=device,
                                progress=False)
         res["mtml_meta_step_img_s"] = steps * 4 * 2 * n / st["train_s"]
+        res.notes["mtml"] = (f"{backbone} at {size[0]}x{size[1]}, batch {n}, {device}, {torch.get_num_threads()} threads, "
+                             f"median of {repeats} timings of {inner} steps; torch_channels_last_* = PyTorch's "
+                             f"channels_last format, not used by the engine")
         print(f"mtml: meta-training {res['mtml_meta_step_img_s']:.1f} img/s (4 subsets x support+query)")
         return res
     finally:

@@ -1,8 +1,16 @@
 """``make bench``: run every ``benchmarks/bench_*.py`` and write ``benchmarks/results.json``.
 
-Each module defines ``run(quick: bool = False) -> dict[str, float]``: flat keys, each ratio computed from a
-baseline and a candidate timed in the same process. Results are merged by key into results.json (one file,
-so speed is tracked by name across commits) together with the machine they were measured on.
+Each module defines ``run(quick: bool = False)`` returning a :class:`nbmodule.profiling.BenchResults`: flat
+``key -> number`` results, every ratio made with ``BenchResults.ratio`` from two timings reported beside it
+(the tests check ``ratio == numerator / denominator``), ``{bench}_threads`` (the torch thread count it was
+measured with) and ``notes`` (the protocol in words). The harness runs them one after another in this
+process with ``NBM_BENCH_THREADS`` torch threads (default 2), and restores torch's global state (threads,
+grad mode, default dtype, backend flags) after each, saying which entries a benchmark had changed.
+
+results.json: the numbers by key (speed is tracked by name across commits), ``_notes`` (each benchmark's
+protocol), ``_bench_keys`` (which keys each benchmark wrote: a rerun of one benchmark replaces exactly
+those), ``_machine`` and ``_load`` (the 1-minute load average before and after: this machine may be shared,
+and numbers measured under load are slower and noisier, ratios less so since candidates are interleaved).
 """
 from __future__ import annotations
 
@@ -17,6 +25,10 @@ import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from nbmodule.profiling import BenchResults, global_state, restore_global_state  # noqa: E402
 
 
 def discover(only: list[str] | None = None) -> list[Path]:
@@ -26,15 +38,35 @@ def discover(only: list[str] | None = None) -> list[Path]:
     return mods
 
 
-def run_module(path: Path, quick: bool) -> dict[str, float]:
+def bench_name(path: Path) -> str:
+    """``bench_fewshot.py`` -> ``fewshot``: the prefix of its ``{bench}_threads`` key."""
+    return path.stem[len("bench_"):]
+
+
+def load(path: Path):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     mod = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(mod)
-    results = mod.run(quick=quick)
+    return mod
+
+
+def run_module(path: Path, quick: bool) -> BenchResults:
+    """``run(quick)`` of one benchmark module, torch's global state restored afterwards (``.leaked`` lists what
+    the module had left changed)."""
+    state = global_state()
+    try:
+        results = load(path).run(quick=quick)
+    finally:
+        leaked = restore_global_state(state)
+    if not isinstance(results, BenchResults):
+        results = BenchResults(results)
     bad = {k: v for k, v in results.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
     if bad:
         raise TypeError(f"{path.name}: results must be flat numbers, got {bad}")
+    results.leaked = leaked
+    if leaked:
+        print(f"   {path.stem} changed torch's global state ({', '.join(leaked)}); restored", flush=True)
     return results
 
 
@@ -49,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     threads = int(os.environ.get("NBM_BENCH_THREADS", "2"))
     torch.set_num_threads(threads)
     out = Path(args.out)
-    merged = json.loads(out.read_text()) if out.is_file() else {}
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    merged = dict(old) if args.only else {}  # a full run starts afresh: no stale keys
+    bench_keys = dict(old.get("_bench_keys", {})) if args.only else {}
+    notes = dict(old.get("_notes", {})) if args.only else {}
+    load_before = os.getloadavg()[0]
     failed = []
     for path in discover(args.only):
         print(f"== {path.stem}", flush=True)
@@ -60,11 +96,18 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             failed.append(path.stem)
             continue
+        for k in bench_keys.get(path.stem, []):  # this benchmark's previous keys
+            merged.pop(k, None)
         merged.update(results)
+        bench_keys[path.stem] = sorted(results)
+        notes.update(results.notes)
         print(f"   {len(results)} results in {time.perf_counter() - start:.1f} s", flush=True)
     merged["_machine"] = f"{platform.machine()} {os.cpu_count()} cpus, torch threads {threads}, " + (
         torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
+    merged["_load"] = f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     merged["_updated"] = time.strftime("%Y-%m-%d")
+    merged["_notes"] = notes
+    merged["_bench_keys"] = bench_keys
     if not args.quick:
         out.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
         print(f"wrote {out}")

@@ -1,20 +1,28 @@
-"""Inference latency: median milliseconds per image, measured the way a reader can trust and repeat.
+"""Timing the way a reader can trust and repeat: inference latency, medians, interleaved comparisons.
 
-Batch 1, ``model.eval()`` under ``torch.inference_mode()``, ``warmup`` untimed runs first (cuDNN autotuning,
-allocator, lazy init), then ``repeats`` timed runs; on CUDA each run is bracketed by
-``torch.cuda.synchronize()`` so the clock sees finished kernels, not queued ones. The result states the
-resolution, device and thread count it was measured with.
+* :func:`measure_latency`: batch 1, ``model.eval()`` under ``torch.inference_mode()``, ``warmup`` untimed runs
+  first (cuDNN autotuning, allocator, lazy init), then ``repeats`` timed runs; on CUDA each run is bracketed by
+  ``torch.cuda.synchronize()`` so the clock sees finished kernels, not queued ones. The result states the
+  resolution, device and thread count it was measured with.
+* :func:`median_seconds`: one callable; :func:`interleaved_seconds`: several compared in the same process,
+  round-robin with a rotating order, so a burst of load on a shared machine hits all of them alike.
+* :func:`torch_threads` sets torch's thread count for a block and restores it; :func:`global_state` /
+  :func:`restore_global_state` snapshot what a benchmark may change (threads, grad mode, default dtype,
+  backend flags), for harnesses that run several benchmarks in one process.
+* :class:`BenchResults`: a benchmark's flat results that remember which two timings each ratio is made of.
 """
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
-__all__ = ["measure_latency", "median_seconds"]
+__all__ = ["measure_latency", "median_seconds", "interleaved_seconds", "torch_threads", "global_state",
+           "restore_global_state", "BenchResults"]
 
 
 def _sync(device: torch.device) -> None:
@@ -38,6 +46,77 @@ def median_seconds(fn: Callable[[], Any], device: str | torch.device = "cpu", *,
         _sync(device)
         times.append((time.perf_counter() - t0) / inner)
     return statistics.median(times)
+
+
+def interleaved_seconds(fns: Mapping[str, Callable[[], Any]], device: str | torch.device = "cpu", *,
+                        repeats: int = 5, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall seconds of each ``fns[name]()`` call, measured round-robin: ``warmup`` untimed rounds, then ``repeats``
+    timed rounds, the order rotating by one every round (nobody always runs first, right after a warm-up or
+    after the slowest). Returns name -> the ``repeats`` timings; take their median."""
+    device = torch.device(device)
+    names = list(fns)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + repeats):
+        k = r % len(names) if names else 0
+        for name in names[k:] + names[:k]:
+            _sync(device)
+            t0 = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            if r >= warmup:
+                out[name].append(time.perf_counter() - t0)
+    return out
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """``torch.set_num_threads(n)`` inside the block (``None``: unchanged), the previous count restored after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def global_state() -> dict[str, Any]:
+    """What code in this process may change globally and a benchmark must leave as it found it."""
+    return {"threads": torch.get_num_threads(), "grad_enabled": torch.is_grad_enabled(),
+            "default_dtype": torch.get_default_dtype(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "mkldnn": torch.backends.mkldnn.enabled, "cudnn_benchmark": torch.backends.cudnn.benchmark}
+
+
+def restore_global_state(state: Mapping[str, Any]) -> list[str]:
+    """Put back a :func:`global_state` snapshot; returns the names of the entries that had changed."""
+    changed = [k for k, v in global_state().items() if state.get(k) != v]
+    torch.set_num_threads(state["threads"])
+    torch.set_grad_enabled(state["grad_enabled"])
+    torch.set_default_dtype(state["default_dtype"])
+    torch.use_deterministic_algorithms(state["deterministic"])
+    torch.set_float32_matmul_precision(state["float32_matmul_precision"])
+    torch.backends.mkldnn.enabled = state["mkldnn"]
+    torch.backends.cudnn.benchmark = state["cudnn_benchmark"]
+    return changed
+
+
+class BenchResults(dict):
+    """A benchmark's flat ``key -> number`` results. :meth:`ratio` stores ``numerator / denominator`` of two
+    reported keys and remembers them in ``.ratios`` (key -> (numerator key, denominator key)), so a test can
+    check that every ratio is made of the timings printed beside it. ``.notes``: name -> the protocol in words
+    (setting, threads, repeats), written next to the numbers."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.ratios: dict[str, tuple[str, str]] = {}
+        self.notes: dict[str, str] = {}
+
+    def ratio(self, key: str, numerator: str, denominator: str) -> float:
+        self[key] = self[numerator] / self[denominator]
+        self.ratios[key] = (numerator, denominator)
+        return self[key]
 
 
 def measure_latency(model: nn.Module, input_shape: Sequence[int] = (1, 3, 512, 512), device: str | torch.device = "cpu",

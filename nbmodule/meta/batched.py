@@ -432,7 +432,7 @@ class BatchedProgram:
                 for name, op in (("weight", operator.mul), ("bias", operator.add)):
                     v, task = cx.get(f"{t}.{name}")
                     if v is not None:
-                        yt = op(yt, v.view(T, 1, *lead, *shape) if task else v)
+                        yt = op(yt, v.view(T, *lead, *shape) if task else v)
                 y = yt.view(x.shape)
             env[node.name] = _Act(y)
 

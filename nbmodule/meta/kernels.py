@@ -270,9 +270,10 @@ class NormalizeBackward(torch.autograd.Function):
         need_g, need_xhat, need_r = ctx.needs_input_grad
         n = xhat.shape[1]
         gg = gxhat = gr = None
-        if torch.is_grad_enabled():  # building a graph: differentiable pieces
+        if torch.is_grad_enabled():  # building a graph: differentiable pieces (the means recomputed, not saved)
             if need_g:
                 gg = NormalizeBackward.apply(go, xhat, r)
+            m1, m2 = g.mean(1, keepdim=True), (g * xhat).mean(1, keepdim=True)
             mo = (go * xhat).mean(1, keepdim=True)
             if need_xhat:  # out depends on xhat directly and through m2
                 gxhat = -(go * (m2 * r) + g * (mo * r))
@@ -382,6 +383,10 @@ class NormPoolBackward(torch.autograd.Function):
         T, npos, c = xhat.shape
         n = ctx.index.shape[0]
         index = ctx.index
+        if torch.is_grad_enabled():  # building a graph: every saved quantity recomputed from the inputs
+            pooled = torch.gather(xhat.reshape(n, -1, c), 1, index).view(gp.shape)
+            m1 = gp.reshape(T, -1, c).sum(1, keepdim=True) / npos
+            m2 = (gp * pooled).reshape(T, -1, c).sum(1, keepdim=True) / npos
         so = go.sum(1, keepdim=True)
         mo = (go * xhat).sum(1, keepdim=True) / npos
         g_go = torch.gather(go.reshape(n, -1, c), 1, index).reshape(T, -1, c)  # go at the pooled positions

@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from .strategy import StrategyChoice
 
 __all__ = [
-    "LossFn", "InnerLR", "forward", "adapt", "meta_loss", "finetune_curve", "resolve_strategy", "MAML", "Learner",
+    "LossFn", "InnerLR", "forward", "adapt", "meta_loss", "finetune_curve", "resolve_strategy", "vmap_problem", "MAML",
+    "Learner",
 ]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -133,6 +134,18 @@ def _normalises_with_input_statistics(m: nn.Module) -> bool:
     if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
         return m.training or not m.track_running_stats  # eval with running stats is a fixed affine map
     return False
+
+
+def vmap_problem(model: nn.Module, *, first_order: bool = False) -> str | None:
+    """Why ``vmap`` cannot run this model correctly, or None: second-order MAML through BatchNorm/LayerNorm
+    (functorch #534: wrong meta-gradients), or a batch norm updating running statistics in place."""
+    if not first_order and any(_normalises_with_input_statistics(m) for m in model.modules()):
+        return ("second-order MAML through BatchNorm/LayerNorm gives wrong meta-gradients under vmap "
+                "(functorch issue #534)")
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training:
+            return f"{type(m).__name__} updates its running statistics in place, which vmap cannot batch"
+    return None
 
 
 def resolve_strategy(strategy: str, model: nn.Module, device: torch.device | str, *,

@@ -27,7 +27,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["StrategyChoice", "choose_strategy", "available_memory", "graph_bytes"]
+from ..profiling import interleaved_seconds
+
+__all__ = ["StrategyChoice", "choose_strategy", "decide", "available_memory", "graph_bytes", "estimate_peak_bytes"]
 
 
 @dataclass
@@ -96,9 +98,33 @@ def graph_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
     return out, sum(seen.values())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def estimate_peak_bytes(model: nn.Module, params: Mapping[str, Tensor], tasks: Sequence[Tensor], loss_fn: Callable,
+                        strategy: str, chunk: int | None = None, *, steps: int = 1, inner_lr: Any = 0.01,
+                        first_order: bool = False, buffers: Mapping[str, Tensor] | None = None) -> float:
+    """Peak memory of one meta-iteration on all T tasks, estimated from a sub-batch (one chunk of at most 4
+    tasks for ``batched``, 2 tasks otherwise): twice the bytes autograd saves, scaled to T tasks (every task's
+    graph lives until the backward; the backward allocates gradients of about the same size as it frees).
+    ``vmap`` (whose ``torch.func`` transforms refuse the saved-tensor hooks that count the bytes) is counted as
+    the loop: it keeps the same per-task tensors, stacked."""
+    from .maml import meta_loss
+
+    if strategy == "vmap":
+        strategy = "loop"
+    T = tasks[0].shape[0]
+    k = max(1, min(T, chunk or 1, 4) if strategy == "batched" else min(T, 2))
+    sub = tuple(t[:k] for t in tasks)
+    _, saved = graph_bytes(lambda: meta_loss(model, params, sub, loss_fn, steps=steps, inner_lr=inner_lr,
+                                             first_order=first_order, buffers=buffers, strategy=strategy,
+                                             chunk=chunk)[0])
+    return 2.0 * saved * T / k
+
+
+def decide(medians: Mapping[str, float]) -> str:
+    """The candidate with the lowest median, provided it beats the loop's median (ties and losses: the loop)."""
+    best = min(medians, key=lambda k: medians[k])
+    if "loop" in medians and not medians[best] < medians["loop"]:
+        return "loop"
+    return best
 
 
 def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Sequence[Tensor], loss_fn: Callable, *,
@@ -115,7 +141,7 @@ def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Seque
     No ``.grad`` is touched and the global RNG state is restored.
     """
     from .batched import Unsupported, compile_batched, default_chunk
-    from .maml import meta_loss, resolve_strategy
+    from .maml import meta_loss, resolve_strategy, vmap_problem
 
     xs = tasks[0]
     device = xs.device
@@ -147,15 +173,11 @@ def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Seque
 
     if candidates is None:
         cands: list[tuple[str, int | None]] = [("loop", None)]
-        try:
-            if resolve_strategy("auto", model, device, first_order=first_order or steps == 0) == "vmap" or \
-                    device.type != "cpu":
-                resolve_strategy("vmap", model, device, first_order=first_order or steps == 0)
-                cands.append(("vmap", None))
-            else:
-                excluded["vmap"] = "resolve_strategy rules it out here (see nbmodule.meta.maml)"
-        except ValueError as e:
-            excluded["vmap"] = str(e)
+        problem = vmap_problem(model, first_order=first_order or steps == 0)
+        if problem is None:
+            cands.append(("vmap", None))
+        else:
+            excluded["vmap"] = problem
         if batched_ok():
             cands += sorted({("batched", default_chunk(T, device)), ("batched", T)}, key=lambda c: c[1])
     else:
@@ -168,11 +190,9 @@ def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Seque
 
     meta_params = list({id(t): t for t in [*params.values(), *model.parameters()] if t.requires_grad}.values())
 
-    def iteration(strategy: str, chunk: int | None, sub: slice | None = None) -> Callable[[], None]:
-        batch = tasks if sub is None else tuple(t[sub] for t in tasks)
-
+    def iteration(strategy: str, chunk: int | None) -> Callable[[], None]:
         def run() -> None:
-            loss = meta_loss(model, params, batch, loss_fn, steps=steps, inner_lr=inner_lr, first_order=first_order,
+            loss = meta_loss(model, params, tasks, loss_fn, steps=steps, inner_lr=inner_lr, first_order=first_order,
                              buffers=buffers, strategy=strategy, chunk=chunk)[0]
             torch.autograd.grad(loss, meta_params, allow_unused=True)
         return run
@@ -186,13 +206,8 @@ def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Seque
         # memory first, on a sub-batch of whole chunks, scaled to T tasks: nothing too big ever runs in full
         for strategy, chunk in cands:
             label = _label(strategy, chunk)
-            k = min(T, chunk or 1, 4) if strategy == "batched" else min(T, 2)
-            k = max(1, k)
-            _, saved = graph_bytes(lambda: meta_loss(model, params, tuple(t[:k] for t in tasks), loss_fn, steps=steps,
-                                                     inner_lr=inner_lr, first_order=first_order, buffers=buffers,
-                                                     strategy=strategy, chunk=chunk)[0])
-            # the backward allocates about as much again as it frees: keep 2x the saved bytes as the peak
-            peaks[label] = 2.0 * saved * T / k
+            peaks[label] = estimate_peak_bytes(model, params, tasks, loss_fn, strategy, chunk, steps=steps,
+                                               inner_lr=inner_lr, first_order=first_order, buffers=buffers)
             if peaks[label] > budget:
                 excluded[label] = (f"would not fit: ~{peaks[label] / 2**30:.2f} GiB estimated for {T} tasks "
                                    f"> budget {budget / 2**30:.2f} GiB")
@@ -204,22 +219,10 @@ def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Seque
             excluded.pop(_label(*smallest), None)
             warnings.warn(f"no strategy fits the memory budget; trying the smallest, {_label(*smallest)}", stacklevel=2)
         runs = {_label(s, c): iteration(s, c) for s, c in fitting}
-        seconds: dict[str, list[float]] = {k: [] for k in runs}
-        names = list(runs)
-        for r in range(warmup + repeats):
-            order = names[r % len(names):] + names[:r % len(names)]
-            for name in order:
-                _sync(device)
-                t0 = time.perf_counter()
-                runs[name]()
-                _sync(device)
-                if r >= warmup:
-                    seconds[name].append(time.perf_counter() - t0)
-    medians = {k: statistics.median(v) if v else float("nan") for k, v in seconds.items()}
-    best = min(medians, key=lambda k: medians[k])
-    if "loop" in medians and not medians[best] < medians["loop"]:
-        best = "loop"
+        # a single candidate needs no race
+        seconds = interleaved_seconds(runs, device, repeats=repeats, warmup=warmup) if len(runs) > 1 else {}
+    medians = {k: statistics.median(v) for k, v in seconds.items()}
+    best = decide(medians) if medians else _label(*fitting[0])
     strategy, chunk = next((s, c) for s, c in fitting if _label(s, c) == best)
-    protocol["rounds_order"] = "rotating"
     return StrategyChoice(strategy, chunk, requested, medians, seconds,
                           {k: v for k, v in peaks.items()}, excluded, protocol)
