@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import nbmodule.engines.maml_rl as engine
-from nbmodule.config import CONFIG_ROOT, ConfigError, list_configs
+from nbmodule.config import ConfigError, list_configs
 from nbmodule.engines.maml_rl import MamlRLConfig, run
 from nbmodule.runs import RunContext, RunDir
 from nbmodule.viz.maml_rl import FIGURES, results_table
@@ -82,7 +82,8 @@ def test_tiny_run_writes_every_key_file_and_figure(tmp_path, ctx):
     for spec in FIGURES:
         assert spec.draw(tmp_path) is not None, spec.name
     table = results_table(tmp_path)
-    assert "MAML, paper (Finn et al. 2017, Table 4)" in set(table["method"])
+    assert ("nav2d", "MAML, paper (Finn et al. 2017, Table 4)") in table.index
+    assert table.loc[("nav2d", "MAML"), "1 steps"] == pytest.approx(metrics["nav2d_return_1step"], rel=1e-6)
 
 
 def test_random_init_is_the_untrained_policy_of_the_same_seed(tmp_path, ctx):

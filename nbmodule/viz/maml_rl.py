@@ -72,11 +72,13 @@ def results_table(run_dir: str | Path) -> pd.DataFrame:
                 row[f"{k} steps"] = values[k] if k < len(values) else float("nan")
                 row[f"{k} steps ±95%"] = float("nan")
             rows.append(row)
-    if not rows:  # a run folder written before evaluation.json: fall back on metrics.json
-        metrics = read_metrics_file(Path(run_dir) / "metrics.json")
-        for key, value in metrics.items():
-            if "_return_" in key and key.endswith("step"):
-                rows.append({"key": key, "value": num(value), "±95%": num(metrics.get(f"{key}_ci95"))})
+    if rows:
+        return pd.DataFrame(rows).set_index(["env", "method"])
+    # a run folder without evaluation.json (an older or partial run): the returns in metrics.json
+    metrics = read_metrics_file(Path(run_dir) / "metrics.json")
+    for key, value in metrics.items():
+        if "_return_" in key and key.endswith("step"):
+            rows.append({"key": key, "value": num(value), "±95%": num(metrics.get(f"{key}_ci95"))})
     return pd.DataFrame(rows)
 
 
