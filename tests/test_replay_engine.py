@@ -16,12 +16,12 @@ from nbmodule.config import ConfigError
 from nbmodule.data.replay import ReplayBuffer
 from nbmodule.engines import replay as engine
 from nbmodule.engines.replay.protocol import MetricRangeError, check_unit_interval
-from nbmodule.runs import ResumeError, RunContext, RunDir
+from nbmodule.runs import ResumeError, RunContext, RunDir, compare_configs
 from nbmodule.studies import execute, get_study
 
 Config = engine.Config
-# a few images of 64 px, two steps a stage: seconds per run on 2 CPU cores
-TINY = dict(scale="smoke", image_size=64, n_train=6, n_val=3, steps_seg=2, steps_det=2, steps_cls=2, batch_size=2,
+# a few images of 32 px, two steps a stage: seconds per run on 2 CPU cores
+TINY = dict(scale="smoke", image_size=32, n_train=6, n_val=3, steps_seg=2, steps_det=2, steps_cls=2, batch_size=2,
             buffer_size=4, fpn_channels=16, latency_size=64, latency_repeats=1, n_examples=1, log_every=1)
 
 
@@ -249,9 +249,12 @@ def test_a_changed_field_is_refused_naming_it_and_neutral_ones_resume(contract_r
     # past execute's check (a direct call, copied checkpoints): every stage checkpoint refuses it too
     with pytest.raises(ResumeError, match=r"lr \(stored 0.002, now 0.004\)"):
         engine.run(changed, rd, ctx)
-    # neutral fields (the checkpoint period, latency repeats, example count) resume to the same numbers
+    # neutral fields (the checkpoint period, latency repeats, example count) resume to the same numbers: execute
+    # lets them through and so does every stage checkpoint
     stamps = _stamps(rd)
     neutral = Config.from_values({**cfg.to_dict(), "checkpoint_every": 1, "latency_repeats": 2, "n_examples": 2})
-    again = execute(study, neutral, rd, ctx)
+    assert compare_configs(stored["config"], neutral.to_dict(), resumable=Config.RESUMABLE,
+                           neutral=Config.NEUTRAL)[0] == []
+    again = engine.run(neutral, rd, ctx)
     assert all(again[k] == v for k, v in src.metrics.items() if k != "latency_ms")
     assert _stamps(rd) == stamps

@@ -13,7 +13,7 @@ from nbmodule.runs import CheckpointError, RunDir
 from nbmodule.viz import replay as viz
 
 Config = engine.Config
-TINY = dict(scale="smoke", image_size=64, n_train=6, n_val=3, steps_seg=2, steps_det=4, steps_cls=2, batch_size=2,
+TINY = dict(scale="smoke", image_size=32, n_train=6, n_val=3, steps_seg=2, steps_det=4, steps_cls=2, batch_size=2,
             buffer_size=4, fpn_channels=16, latency_size=64, latency_repeats=1, n_examples=1, log_every=1,
             checkpoint_every=2, runs=[])
 KEYS = ("seg_miou", "det_map", "det_map50", "cls_top1", "stage2_seg_miou", "stage2_det_map", "seg_drop_abs")

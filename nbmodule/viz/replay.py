@@ -238,13 +238,27 @@ def plot_examples(run_dir: str | Path, max_images: int = 3) -> Figure:
     return fig
 
 
+def _heatmap(ax, table: pd.DataFrame, fmt: str, cmap: str, norm) -> Any:
+    """An annotated heatmap of ``table`` (rows x columns) on ``ax``; NaN cells stay blank."""
+    values = table.to_numpy(dtype=float)
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            r, g, b, _ = image.cmap(image.norm(v))
+            ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=8,
+                    color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
+    ax.set_xticks(range(values.shape[1]), list(table.columns), rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(values.shape[0]), list(table.index), fontsize=8)
+    return image
+
+
 def plot_replay_stages(run_dir: str | Path) -> Figure | None:
     """Stage-by-task metric table per sequential run as heatmaps, and the forgetting of every earlier task."""
+    from matplotlib.colors import Normalize, TwoSlopeNorm
+
     long = read_stage_table(run_dir)
     if long is None:
         return None
-    import seaborn as sns
-
     long = long[~long["run"].str.startswith("alone")].dropna(subset=["value"])
     if long.empty:
         return None
@@ -253,26 +267,24 @@ def plot_replay_stages(run_dir: str | Path) -> Figure | None:
     fig, axes = new_figure(4.2 * (len(runs) + 1), 0.9 + 0.55 * max(len(TASKS), len(runs)) + 1.2,
                            ncols=len(runs) + 1)
     axes = np.atleast_1d(axes)
-    vmin, vmax = float(long["value"].min()), float(long["value"].max())
+    scale = Normalize(float(long["value"].min()), float(long["value"].max()))  # one scale for all runs: comparable
     for ax, run in zip(axes, runs):
         table = long[long["run"] == run].pivot_table(index="stage", columns="task", values="value", aggfunc="mean")
         table = table.reindex(index=[s for s in TASKS if s in table.index], columns=metrics)
-        sns.heatmap(table, ax=ax, annot=True, fmt=".3g", cmap="viridis", cbar=False, linewidths=0.5,
-                    vmin=vmin, vmax=vmax, annot_kws={"fontsize": 8})  # one scale for all runs: comparable
+        _heatmap(ax, table, ".3g", "viridis", scale)
         ax.set_title(f"{run}: metric after each stage", fontsize=10)
         ax.set_xlabel("task metric")
         ax.set_ylabel("after stage")
     drops = drop_table(run_dir)
     drops = drops[drops["task"] != TASKS[-1]]  # the last task's own stage is the end of training
-    drop = drops.pivot_table(index="run", columns="metric", values="drop_pct")
+    drop = drops.pivot_table(index="run", columns="metric", values="drop_pct", dropna=False)
     drop = drop.reindex(index=runs, columns=[TASK_METRIC[t] for t in TASKS[:-1] if TASK_METRIC[t] in drop.columns])
     # Centred on the limit: green within it, red beyond; saturates at 4x the limit so small drops stay visible.
     lim = FORGETTING_LIMIT_PCT
-    sns.heatmap(drop, ax=axes[-1], annot=True, fmt=".1f", cmap="RdYlGn_r", center=lim, vmin=-2 * lim, vmax=4 * lim,
-                linewidths=0.5, cbar_kws={"label": "drop from own stage, % (relative)"}, annot_kws={"fontsize": 8})
+    image = _heatmap(axes[-1], drop, ".1f", "RdYlGn_r", TwoSlopeNorm(vcenter=lim, vmin=-2 * lim, vmax=4 * lim))
+    fig.colorbar(image, ax=axes[-1], label="drop from own stage, % (relative)")
     axes[-1].set_title(f"forgetting, % (limit {lim:g}%)", fontsize=10)
     axes[-1].set_xlabel("task metric")
-    axes[-1].set_ylabel("")
     return fig
 
 

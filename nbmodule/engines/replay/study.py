@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ...data.imagenette import IMAGENETTE_NAMES, IMAGENETTE_WNIDS
 from ...data.replay import ReplayBuffer
 from ...data.vision import collate_task
 from ...models import build_model, count_parameters
@@ -149,7 +150,9 @@ def _save_examples(model: UnifiedModel, tasks: dict[str, TaskData], rd: RunDir, 
     """``examples.pt``: a few validation images per task with truth and the final replay model's prediction
     (tensors, lists and strings only: read back with ``weights_only=True``)."""
     model.to(device).eval()
-    out: dict[str, Any] = {"classes": {t: [str(c) for c in getattr(d.val, "classes", ())] for t, d in tasks.items()}}
+    readable = dict(zip(IMAGENETTE_WNIDS, IMAGENETTE_NAMES))  # Imagenette's folders are WordNet ids
+    out: dict[str, Any] = {"classes": {t: [readable.get(c, str(c)) for c in getattr(d.val, "classes", ())]
+                                       for t, d in tasks.items()}}
     for task, d in tasks.items():
         items = [d.val[i] for i in range(min(n, len(d.val)))]
         if not items:
