@@ -145,19 +145,30 @@ def compare_configs(stored: Mapping[str, Any], current: Mapping[str, Any], *, re
                     neutral: Iterable[str] = ()) -> tuple[list[str], list[str]]:
     """Fields that differ between two config snapshots: ``(refused, grown)``.
 
-    A ``resumable`` field (an iteration budget) may grow; ``neutral`` fields (logging periods) may change
-    freely; any other difference is refused."""
+    A ``resumable`` field may grow: a number (an iteration budget) may increase, a list (of seeds, runs) may
+    gain entries while keeping the old ones; ``neutral`` fields (logging periods) may change freely; any other
+    difference is refused."""
     resumable, neutral = set(resumable), set(neutral)
     refused, grown = [], []
     for key in sorted(set(stored) | set(current)):
         a, b = stored.get(key), current.get(key)
         if a == b or key in neutral:
             continue
-        if key in resumable and isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > a:
+        if key in resumable and _grew(a, b):
             grown.append(key)
         else:
             refused.append(key)
     return refused, grown
+
+
+def _grew(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return False
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return b > a
+    if isinstance(a, list) and isinstance(b, list):
+        return len(b) > len(a) and all(x in b for x in a)
+    return False
 
 
 def _config_rules(config: Any) -> tuple[dict[str, Any], frozenset, frozenset]:
@@ -286,7 +297,8 @@ class Checkpointer:
         return None
 
     def save(self, state: Mapping[str, Any], *, step: int, done: bool = False) -> Path:
-        """Write the checkpoint atomically, verify it loads safely, then keep the old one as ``.prev``."""
+        """Write the checkpoint atomically, verify it loads safely, then keep the old one as ``.prev``
+        (dropped once a finished loop's checkpoint is written: a mid-loop optimiser state is not needed then)."""
         import torch
 
         blob = {"state": dict(state), "step": int(step), "done": bool(done), "config": self.config}
@@ -305,6 +317,8 @@ class Checkpointer:
         if path.is_file():
             os.replace(path, self.previous)
         os.replace(tmp, path)
+        if done and self.previous.is_file():
+            self.previous.unlink()
         self.step, self.done = int(step), bool(done)
         return path
 

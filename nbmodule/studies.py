@@ -152,6 +152,12 @@ def execute(study: Study | str, cfg: StudyConfig, run_dir: RunDir | str | Path, 
         metrics = study.engine.run(cfg, run, ctx)
         final = run.write_metrics(metrics)
         save_figures(study, run)
+    except ResumeError:  # a checkpoint inside refused these settings: config.json must not claim them
+        if stored is None:
+            (run.path / "config.json").unlink(missing_ok=True)
+        else:
+            run.write_json("config.json", stored)
+        raise
     finally:
         set_threads(threads_before)
     run.save_config(cfg, study=study.name, device=device, status="complete")

@@ -52,6 +52,8 @@ def test_changed_settings_are_refused_naming_the_fields(tmp_path):
     refused, grown = compare_configs({"total": 6, "lr": 1}, {"total": 8, "lr": 1}, resumable={"total"})
     assert (refused, grown) == ([], ["total"])
     assert compare_configs({"total": 6}, {"total": 4}, resumable={"total"}) == (["total"], [])
+    assert compare_configs({"seeds": [0, 1]}, {"seeds": [0, 1, 2]}, resumable={"seeds"}) == ([], ["seeds"])
+    assert compare_configs({"seeds": [0, 1]}, {"seeds": [1, 2]}, resumable={"seeds"}) == (["seeds"], [])
 
 
 @pytest.mark.parametrize("damage", ["truncate", "empty", "garbage"])
@@ -132,6 +134,13 @@ def test_damaged_json_names_the_file(tmp_path):
     (run.path / "metrics.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"metrics\.json is damaged"):
         run.metrics
+
+
+def test_a_finished_loop_keeps_only_its_final_checkpoint(tmp_path):
+    run = RunDir(tmp_path)
+    _loop(run, 6, {"lr": 0.1})
+    ck = run.checkpointer("train", config={"lr": 0.1})
+    assert ck.path.is_file() and not ck.previous.exists() and ck.load() is not None and ck.done
 
 
 def test_no_warning_on_a_clean_resume(tmp_path):

@@ -151,6 +151,10 @@ def test_execute_refuses_a_run_folder_of_other_settings_and_keeps_its_config(tmp
         execute(study, changed, run, ctx)
     assert json.loads((run.path / "config.json").read_text()) == stored  # not rewritten
     assert execute(study, cfg, run, ctx) == first  # same settings: results reused, same numbers
+    (run.path / "config.json").unlink()  # checkpoints copied without their config.json: they still refuse
+    with pytest.raises(ResumeError, match="inner_lr"):
+        execute(study, changed, run, ctx)
+    assert not (run.path / "config.json").exists()  # and no config.json claims settings the results lack
     again = execute(study, changed, run, RunContext.create(device="cpu", progress=False, restart=True))
     assert again["uniform_mse_1step"] != first["uniform_mse_1step"]
     assert json.loads((run.path / "config.json").read_text())["config"]["inner_lr"] == 0.02

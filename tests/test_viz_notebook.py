@@ -37,7 +37,7 @@ def test_notebook_06_shows_every_study_and_exports_html(tmp_path):
     assert metrics["studies_with_runs"] == 4
     assert all(metrics[f"figures_{k}"] >= 1 for k in ("02", "03", "04", "05", "benchmarks"))
     pngs = {p.name for p in folder.glob("*.png")}
-    assert {"02_replay_stage_table.png", "03_mtml_heldout.png", "04_maml_curves.png", "05_fewshot_accuracy.png",
+    assert {"02_stage_table.png", "03_mtml_heldout.png", "04_curves.png", "05_fewshot_accuracy.png",
             "benchmarks.png"} <= pngs
     assert json.loads((folder / "config.json").read_text())["config"]["runs"] == ""
     nb = nbformat.read(str(executed), as_version=4)

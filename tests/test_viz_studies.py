@@ -55,23 +55,11 @@ def test_missing_inputs_return_none_and_are_named(tmp_path):
 
 
 def test_forgetting_table_from_stage_table(runs):
-    long = replay.read_stage_table(runs / "02_sequential_replay")
-    forget = replay._forgetting(long).set_index(["run", "task"])
-    assert forget.loc[("replay", "seg_miou"), "drop_pct"] == pytest.approx(100 * (0.40 - 0.385) / 0.40)
-    assert forget.loc[("noreplay", "det_map"), "drop_pct"] == pytest.approx(60.0)
-    assert forget.loc[("replay", "cls_top1"), "drop_pct"] == 0.0  # learned last: nothing to forget
-    fig = replay.plot_replay_stages(runs / "02_sequential_replay")
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == ["replay: metric after each stage", "noreplay: metric after each stage",
-                      "forgetting, % (limit 5%)"]  # the single-task 'alone' run has nothing to forget
-
-
-def test_wide_stage_table_is_read_too(tmp_path):
-    (tmp_path / "stage_table.csv").write_text("stage,seg_miou,det_map\nseg,0.5,\ndet,0.4,0.3\n")
-    long = replay.read_stage_table(tmp_path)
-    assert set(long["task"]) == {"seg_miou", "det_map"} and set(long["run"]) == {"replay"}
-    assert long["value"].count() == 3
-    assert isinstance(replay.plot_replay_stages(tmp_path), Figure)
+    forget = replay.drop_table(runs / "02_sequential_replay").set_index(["run", "task"])
+    assert forget.loc[("replay", "seg"), "drop_pct"] == pytest.approx(100 * (0.40 - 0.385) / 0.40)
+    assert forget.loc[("noreplay", "det"), "drop_pct"] == pytest.approx(60.0)
+    assert forget.loc[("replay", "cls"), "drop_pct"] == 0.0  # learned last: nothing to forget
+    assert "alone" not in set(forget.index.get_level_values("run"))  # trained alone: nothing to forget
 
 
 def test_fewshot_table_pairs_each_setting_with_the_paper(runs):
