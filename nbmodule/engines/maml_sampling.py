@@ -78,6 +78,8 @@ class MamlSamplingConfig(StudyConfig):
     """Settings of the task-weighted MAML study; values in ``nbmodule/configs/maml_sampling/*.yaml``."""
 
     STUDY: ClassVar[str] = NAME
+    # each (regime, seed) pair has its own checkpoint: a run folder may gain regimes and seeds
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset({"regimes", "seeds"})
     NEUTRAL: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
 
     family: Literal["2d", "3d"]                        # sinusoid family: amplitude+phase, or + frequency
