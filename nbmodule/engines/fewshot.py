@@ -194,13 +194,15 @@ def lake_overlap(lake: LakeRuns, splits: list[FewShotSplit]) -> int:
     for split in splits:
         arr = split.images.cpu().numpy()
         seen.update(row.tobytes() for row in arr.reshape(len(arr), -1))
-    runs = np.concatenate([lake.support.reshape(-1, *lake.support.shape[2:]), lake.query.reshape(-1, *lake.query.shape[2:])])
+    shape = lake.support.shape[2:]
+    runs = np.concatenate([lake.support.reshape(-1, *shape), lake.query.reshape(-1, *shape)])
     return int(sum(row.tobytes() in seen for row in np.ascontiguousarray(runs, dtype=np.uint8).reshape(len(runs), -1)))
 
 
 def build_fewshot_model(cfg: FewShotConfig, image_shape: tuple[int, int, int]) -> nn.Module:
     """Conv4 (``cfg.hidden`` filters) for ``image_shape`` (C, H, W) with an ``n_way`` head."""
-    return build_model("conv4", in_channels=image_shape[0], n_way=cfg.n_way, hidden=cfg.hidden, image_size=image_shape[1])
+    return build_model("conv4", in_channels=image_shape[0], n_way=cfg.n_way, hidden=cfg.hidden,
+                       image_size=image_shape[1])
 
 
 # --- the meta-objective: nbmodule.meta's loop/vmap, or the task-batched ("grouped") Conv4 -------------------
@@ -502,7 +504,8 @@ def _protocols(cfg: FewShotConfig, data: FewShotData) -> dict[str, str]:
         "Ravi & Larochelle's split (64 train, 16 validation, 20 test classes)"
     return {
         "accuracy": (f"{cfg.eval_episodes} test episodes of {cfg.n_way}-way {cfg.k_shot}-shot, {cfg.k_query} "
-                     f"{'query' if cfg.k_query == 1 else 'queries'} per class, from the meta-test split ({classes}); {cfg.inner_steps_test} SGD steps of "
+                     f"{'query' if cfg.k_query == 1 else 'queries'} per class, from the meta-test split ({classes}); "
+                     f"{cfg.inner_steps_test} SGD steps of "
                      f"size {cfg.inner_lr} on the support set from the meta-learned initialisation; BatchNorm with "
                      "the batch statistics of the set classified (transductive, as MAML); mean accuracy in percent "
                      "with the normal 95% interval over episodes (1.96 std / sqrt(n))"),
