@@ -120,11 +120,21 @@ def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, ctx, monkeypatch)
     assert json.dumps(RunDir(tmp_path / "cut").curve("train")) == json.dumps(RunDir(tmp_path / "ref").curve("train"))
 
 
-def test_more_iterations_continue_a_finished_run(tmp_path, ctx):
+def test_a_finished_run_grows_in_iterations_and_seeds(tmp_path, ctx, monkeypatch):
     cfg = MamlRLConfig.from_values({**TINY, "seeds": [0], "baselines": []})
     run(cfg, RunDir(tmp_path / "a"), ctx)
-    longer = MamlRLConfig.from_values({**TINY, "seeds": [0], "baselines": [], "iterations": 5})
-    grown = run(longer, RunDir(tmp_path / "a"), ctx)
-    fresh = run(longer, RunDir(tmp_path / "b"), ctx)
-    assert grown["nav2d_return_1step"] == fresh["nav2d_return_1step"]
+    bigger = MamlRLConfig.from_values({**TINY, "seeds": [0, 1], "baselines": [], "iterations": 5})
+    calls = {"n": 0}
+    real = engine.meta_iteration
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "meta_iteration", counting)
+    grown = run(bigger, RunDir(tmp_path / "a"), ctx)
+    assert calls["n"] == 2 + 5  # seed 0 continues from iteration 3; seed 1 starts
+    fresh = run(bigger, RunDir(tmp_path / "b"), ctx)
+    for key in ("nav2d_return_0step", "nav2d_return_1step", "nav2d_return_1step_ci95", "nav2d_return_2step"):
+        assert grown[key] == fresh[key], key
     assert "nav2d_pretrained_return_0step" not in grown

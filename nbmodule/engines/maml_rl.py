@@ -74,7 +74,8 @@ class MamlRLConfig(StudyConfig):
     """Settings of the MAML-RL study; values in ``nbmodule/configs/maml_rl/*.yaml`` (``default.yaml``: all)."""
 
     STUDY: ClassVar[str] = NAME
-    RESUMABLE: ClassVar[frozenset[str]] = frozenset({"iterations", "pretrain_iterations"})
+    # budgets may grow, and a run folder may gain seeds, environments and baselines (one checkpoint per loop)
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset({"iterations", "pretrain_iterations", "seeds", "envs", "baselines"})
     NEUTRAL: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
 
     envs: list[Literal["nav2d", "cheetah_vel", "cheetah_dir"]] = Field(min_length=1)  # task families, in turn
