@@ -1,30 +1,106 @@
-"""The MTML engine: config errors, episodes, meta-gradient, resume, the study's run-folder contract, CLI."""
+"""The MTML study: config errors, the meta-gradient, resume, the run-folder contract and its protocols
+(like-for-like held-out comparison, both scorings of MTL and MTML, Δm / Δp), and run-folder safety."""
 import json
 import math
+import os
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from nbmodule.config import ConfigError, make_config
+from nbmodule import cli
+from nbmodule.config import ConfigError
 from nbmodule.engines import mtml
-from nbmodule.engines.mtml import MTMLConfig, steps_to_target, task_subsets
-from nbmodule.runs import RunDir
+from nbmodule.engines.mtml import Config, episode_loss, steps_to_target, task_subsets
+from nbmodule.models import build_model
+from nbmodule.engines.mtml import study as study_mod
+from nbmodule.runs import ResumeError, RunContext, RunDir
+from nbmodule.studies import execute
 
-TINY = dict(scale="smoke", backbone="mobilenet_v3_small", head_width=8, batch_size=4, steps=4, meta_steps=2,
-            finetune_steps=4, eval_every=2, checkpoint_every=2)
+TINY = dict(steps=3, meta_steps=2, finetune_steps=4, finetune_lrs=[0.001, 0.01], eval_every=2, batch_size=2,
+            head_width=4, checkpoint_every=2, n_examples=2)
+CPU = dict(device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    """Synthetic scenes (smoke scale, small counts) shared by the tests of this module."""
+def tiny_data(tmp_path_factory):
+    """Synthetic scenes in the NYUD_MT layout: 8 train, 4 val, 4 test frames of 32x40."""
     from data_prep.registry import prepare
 
-    root = tmp_path_factory.mktemp("data")
-    prepare("nyuv2", root / "synthetic" / "nyuv2", synthetic=True, scale="smoke",
-            counts={"train": 12, "val": 4, "test": 4}, size=(32, 40))
+    root = tmp_path_factory.mktemp("data") / "nyuv2"
+    prepare("nyuv2", root, synthetic=True, scale="smoke", counts={"train": 8, "val": 4, "test": 4}, size=(32, 40))
     return root
 
 
+def _use(mp, folder):
+    from data_prep.registry import Prepared
+
+    mp.setattr(study_mod, "prepare_data", lambda cfg, root: Prepared(folder, True, "synthetic"))
+
+
+@pytest.fixture
+def tiny(monkeypatch, tiny_data):
+    _use(monkeypatch, tiny_data)
+    return tiny_data
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory, tiny_data):
+    """One tiny run of the whole study through the shared door (nbmodule.studies.execute)."""
+    mp = pytest.MonkeyPatch()
+    _use(mp, tiny_data)
+    cfg = Config.from_values(TINY)
+    run = RunDir(tmp_path_factory.mktemp("runs"), "03_mtml")
+    metrics = execute("mtml", cfg, run, RunContext.create(**CPU))
+    yield cfg, run, metrics
+    mp.undo()
+
+
+# --- config ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("values, message", [
+    ({"image_size": [3, 3]}, "field 'image_size'.*at least 32 pixels"),
+    ({"val_split": "test"}, "both 'test'.*reported on a different test split"),
+    ({"val_holdout": 10}, "val_holdout=10 goes with val_split: holdout"),
+    ({"val_split": "holdout"}, "val_holdout=0 goes with val_split: holdout"),
+    ({"held_out": "edges", "tasks": ["seg", "depth"]}, "held_out='edges' must be one of tasks"),
+    ({"dataset": "nyuv2_13"}, "has no edges"),
+    ({"mode": "meta-test"}, "needs init_model"),
+    ({"mode": "train", "tasks": ["normals"]}, "leaves nothing to train"),
+    ({"finetune_lrs": []}, "field 'finetune_lrs'"),
+    ({"tasks": ["seg", "seg"]}, "must not repeat"),
+    ({"backbone": "vgg16"}, "field 'backbone'"),
+    ({"first_order": False}, "no second derivative of its hardsigmoid"),
+    ({"stepz": 3}, "unknown field 'stepz'"),
+])
+def test_bad_config_fails_before_training(values, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.from_values(values, source="test")
+
+
+def test_stored_images_too_small_for_the_encoder_are_refused(tmp_path):
+    from data_prep.registry import prepare
+
+    root = prepare("nyuv2", tmp_path / "small", synthetic=True, scale="smoke",
+                   counts={"train": 2, "val": 1, "test": 1}, size=(24, 32))
+    with pytest.raises(ConfigError, match="image_size: the samples of .* are 24x32"):
+        mtml.load_splits(Config.from_values({}), root)
+
+
+def test_holdout_validation_is_carved_out_of_train_and_disjoint_from_test(tiny_data):
+    from nbmodule.engines.mtml.data import frame_ids
+
+    cfg = Config.from_values({"val_split": "holdout", "val_holdout": 3, "test_split": "val"})
+    s = mtml.load_splits(cfg, tiny_data)
+    assert (len(s.train), len(s.val)) == (5, 3)
+    train, val, test = (set(frame_ids(d)) for d in (s.train, s.val, s.test))
+    assert not (train & val) and not (val & test) and len(train | val) == 8
+    assert set(frame_ids(mtml.load_splits(cfg, tiny_data).val)) == val  # the same frames every time
+    with pytest.raises(ConfigError, match="val_holdout=8: the training split 'train' .* has only 8 frames"):
+        mtml.load_splits(Config.from_values({"val_split": "holdout", "val_holdout": 8}), tiny_data)
+
+
+# --- pieces ---------------------------------------------------------------------------------------------------
 def test_subsets_of_at_least_two_tasks():
     assert len(task_subsets(["seg", "depth", "normals", "edges"])) == 11
     assert task_subsets(["seg", "depth", "edges"]) == [("seg", "depth"), ("seg", "edges"), ("depth", "edges"),
@@ -37,122 +113,253 @@ def test_steps_to_target_respects_direction():
     assert steps_to_target(rows, "v", 40.0, lower_is_better=True) == 10
     assert steps_to_target(rows, "v", 20.0, lower_is_better=True) is None
     assert steps_to_target(rows, "v", 45.0, lower_is_better=False) == 0
+    assert steps_to_target(rows, "v", None, lower_is_better=False) is None
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"held_out": "edges", "tasks": ["seg", "depth"]}, "held_out='edges' must be one of tasks"),
-    ({"backbone": "vgg16"}, "backbone"),
-    ({"mode": "meta_test"}, "needs pretrained_run"),
-    ({"dataset": "nyuv2_13"}, "has no edges"),
-    ({"weighting": "gradnorm"}, "uniform"),
-    ({"stepz": 3}, "unknown field 'stepz'"),
-])
-def test_bad_config_fails_before_training(values, message):
-    with pytest.raises(ConfigError, match=message):
-        make_config(MTMLConfig, values, source="test")
+def _batch(n, h, w, gen, dtype=torch.float32):
+    normals = torch.nn.functional.normalize(torch.randn(n, 3, h, w, generator=gen, dtype=dtype), dim=1)
+    return {"image": torch.rand(n, 3, h, w, generator=gen, dtype=dtype),
+            "seg": torch.randint(0, 5, (n, h, w), generator=gen),
+            "normals": normals, "normals_mask": torch.ones(n, 1, h, w, dtype=torch.bool),
+            "edges": (torch.rand(n, 1, h, w, generator=gen) < 0.2).to(dtype)}
 
 
-def _cfg(**kw):
-    return make_config(MTMLConfig, {**TINY, **kw})
-
-
-def _data(cfg, root, split="train"):
-    return mtml.load_data(cfg, mtml.prepare_data(cfg, root), split)
-
-
-def test_meta_step_is_functional_and_reaches_encoder_and_heads(data_root, tmp_path):
-    cfg = _cfg(meta_steps=1, tasks=["seg", "depth", "edges"], held_out="")
-    train = _data(cfg, data_root)
+def test_second_order_meta_gradient_matches_finite_differences():
+    """The gradient an MTML episode back-propagates (second order: through the inner SGD step, the heads and
+    BatchNorm's batch statistics) equals central finite differences of the episode's query loss, in
+    float64; the first-order gradient does not."""
     torch.manual_seed(0)
-    model = mtml.build_model("mtl", tasks={"seg": 40, "depth": 1, "edges": 1}, backbone=cfg.backbone, head_width=8)
+    model = build_model("mtl", tasks={"seg": 5, "normals": 3}, backbone="resnet18", head_width=4).double().train()
+    gen = torch.Generator().manual_seed(1)
+    support, query = _batch(4, 32, 32, gen, torch.float64), _batch(4, 32, 32, gen, torch.float64)
+
+    def objective(first_order=False):
+        return episode_loss(model, ("seg", "normals"), support, query, inner_lr=0.01, inner_steps=1,
+                            first_order=first_order)
+
+    params = dict(model.named_parameters())
+    names = ["heads.seg.predict.weight", "encoder.stages.0.0.weight", "encoder.stages.1.0.conv1.weight"]
+    second = torch.autograd.grad(objective(), [params[n] for n in names])
+    first = torch.autograd.grad(objective(first_order=True), [params[n] for n in names])
+    eps = 1e-6
+    for name, g2, g1 in zip(names, second, first):
+        p, idx = params[name], (0,) * params[name].dim()
+        with torch.no_grad():
+            p[idx] += eps
+            up = float(objective())
+            p[idx] -= 2 * eps
+            down = float(objective())
+            p[idx] += eps
+        fd = (up - down) / (2 * eps)
+        assert abs(fd) > 1e-6, name  # a coordinate that matters
+        assert float(g2[idx]) == pytest.approx(fd, rel=1e-5), name
+        assert float(g1[idx]) != pytest.approx(fd, rel=1e-2), name  # the second-order terms are real
+
+
+def test_meta_step_is_functional_and_reaches_encoder_and_heads(tiny_data, tmp_path):
+    cfg = Config.from_values({**TINY, "meta_steps": 1})
+    train = mtml.load_splits(cfg, tiny_data).train
+    torch.manual_seed(0)
+    model = build_model("mtl", tasks={"seg": 40, "depth": 1, "edges": 1}, backbone=cfg.backbone, head_width=4)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    seen = []
-    orig = train.__getitem__
-    train.__getitem__ = lambda i: (seen.append(i), orig(i))[1]  # only training samples are ever read
-    model, state = mtml.meta_train(cfg, RunDir(tmp_path), "mtml", model, ["seg", "depth", "edges"], train,
-                                   device=torch.device("cpu"), progress=False)
-    assert state["subsets"] == [["seg", "depth"], ["seg", "edges"], ["depth", "edges"], ["seg", "depth", "edges"]]
+    model, info = mtml.meta_train(cfg, RunDir(tmp_path), "mtml", model, ["seg", "depth", "edges"], train,
+                                  device=torch.device("cpu"), progress=False)
+    assert info["subsets"] == [["seg", "depth"], ["seg", "edges"], ["depth", "edges"], ["seg", "depth", "edges"]]
     changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
     assert any(k.startswith("encoder.") for k in changed)
-    assert {t for t in ("seg", "depth", "edges") if any(k.startswith(f"heads.{t}.") for k in changed)} == {"seg", "depth", "edges"}
+    assert {t for t in ("seg", "depth", "edges") if any(k.startswith(f"heads.{t}.") for k in changed)} == \
+        {"seg", "depth", "edges"}
     assert all(v.requires_grad and v.is_leaf for v in model.parameters())  # still the module's own leaves
 
 
-def test_training_resumes_to_the_same_numbers(data_root, tmp_path):
-    cfg = _cfg(steps=6, checkpoint_every=3)
-    train, val = _data(cfg, data_root), _data(cfg, data_root, "val")
+def test_an_interrupted_phase_resumes_to_the_same_numbers(tiny_data, tmp_path, monkeypatch):
+    cfg = Config.from_values({**TINY, "steps": 4, "checkpoint_every": 2, "amp": True})  # bfloat16 on the CPU
+    s = mtml.load_splits(cfg, tiny_data)
+    curve = mtml.phases.Curve("depth", s.val, s.test, s.num_classes)
 
-    def run(folder):
-        torch.manual_seed(0)
-        model = mtml.build_model("mtl", tasks={"depth": 1, "normals": 3}, backbone=cfg.backbone, head_width=8)
-        return mtml.train_dense(cfg, RunDir(folder), "p", model, ["depth", "normals"], train, steps=6, lr=1e-3,
-                                device=torch.device("cpu"), curve_task="depth", val_data=val, weighting="uncertainty",
+    def train(folder):
+        model = mtml.fresh_model(cfg, ["depth", "normals"], s.num_classes, 7, torch.device("cpu"))
+        return mtml.train_dense(cfg, RunDir(folder), "p", model, ["depth", "normals"], s.train, steps=4, lr=1e-3,
+                                device=torch.device("cpu"), seed=3, weighting="uncertainty", curve=curve,
                                 progress=False)
 
-    a_model, a = run(tmp_path / "a")
-    run(tmp_path / "b")
-    ph = RunDir(tmp_path / "b" / "phases" / "p")
-    ph.checkpoint_path("final").unlink()  # as if interrupted after the step-3 checkpoint
-    assert ph.load_checkpoint("last")["step"] == 3
-    b_model, b = run(tmp_path / "b")
-    for (k, va), vb in zip(a_model.state_dict().items(), b_model.state_dict().values()):
+    a = train(tmp_path / "a")
+    batches = {"n": 0}
+    real = mtml.phases.BatchStream.__next__
+
+    def killed_in_step_3(stream):
+        batches["n"] += 1
+        if batches["n"] == 3:
+            raise KeyboardInterrupt
+        return real(stream)
+
+    monkeypatch.setattr(mtml.phases.BatchStream, "__next__", killed_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "b")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "b" / "checkpoints" / "p.pt", weights_only=True)["step"] == 2
+    b = train(tmp_path / "b")
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(va, vb), k
-    assert a["curve"] == b["curve"] and [r["step"] for r in a["curve"]] == [0, 2, 4, 6]
-    assert a["train_rows"] == b["train_rows"]
-    assert a["log_vars"].abs().sum() > 0  # uncertainty weights were learnt
+    assert a.curve == b.curve and [r["step"] for r in a.curve] == [0, 2, 4]
+    assert a.train_rows == b.train_rows
+    assert a.extra["log_vars"].abs().sum() > 0  # uncertainty weights were learnt
 
 
-def test_study_writes_the_contract_and_test_reads_any_phase(data_root, tmp_path):
-    cfg = _cfg()
-    run = RunDir(tmp_path, "03_mtml")
-    metrics = mtml.run_study(cfg, run, device=torch.device("cpu"), data_root=data_root, progress=False, n_examples=2)
-    for mode in ("single", "mtl", "mtml"):
-        for task, names in {"seg": ["miou", "pixel_acc"], "depth": ["abs_err", "rel_err", "rmse", "delta1"],
-                            "normals": ["mean", "median", "within_11_25", "within_22_5", "within_30"],
-                            "edges": ["ods"]}.items():
-            for name in names:
-                assert math.isfinite(metrics[f"{mode}_{task}_{name}"]), (mode, task, name)
-        assert f"{mode}_steps_to_target" in metrics and f"{mode}_delta_m" in metrics
-    assert metrics["single_delta_m"] == 0.0
-    assert metrics["single_steps_to_target"] is not None  # the single-task curve reaches its own final value
+# --- the study's contract and protocols -------------------------------------------------------------------------
+ROWS = ("single", "mtl", "mtl_adapted", "mtml", "mtml_adapted")
+
+
+def test_study_writes_every_row_budget_and_figure(study_run):
+    cfg, run, metrics = study_run
+    names = {"seg": ["miou", "pixel_acc"], "depth": ["abs_err", "rel_err", "rmse", "delta1"],
+             "edges": ["ods_f", "ois_f", "ap"],
+             "normals": ["mean", "median", "within_11_25", "within_22_5", "within_30"]}
+    for row in ROWS:
+        for task in cfg.train_tasks:
+            for name in names[task]:
+                assert math.isfinite(metrics[f"{row}_{task}_{name}"]), (row, task, name)
+    for start in ("single", "mtl", "mtml"):
+        assert all(math.isfinite(metrics[f"{start}_normals_{n}"]) for n in names["normals"])
+    assert metrics["mtl_optimizer_steps"] == cfg.steps and metrics["mtml_optimizer_steps"] == cfg.meta_steps
+    assert metrics["mtml_inner_steps"] == cfg.meta_steps * 4 * cfg.inner_steps  # 4 subsets of 3 tasks
+    assert metrics["mtl_adapted_steps"] == metrics["mtml_adapted_steps"] == cfg.inner_steps
+    assert metrics["synthetic"] == 1 and metrics["encoder_pretrained"] == 0
+    assert "single_delta_m" not in metrics  # nothing to compare the baseline with
     assert json.loads((run.path / "metrics.json").read_text()) == metrics
-    rows = run.curve("heldout")
-    assert {r["run"] for r in rows} == {"single", "mtl", "mtml"}
-    assert sorted({int(r["step"]) for r in rows}) == [0, 2, 4]
-    assert list(rows[0]) == ["run", "seed", "step", "val_mean"]
-    assert {r["run"] for r in run.curve("train")} >= {"single_seg", "mtl", "mtml", "mtml_ft_normals"}
-    assert (run.path / "examples.pt").is_file()
-    res = mtml.test(run.path / "phases" / "mtml_ft_normals", data_root=data_root)
-    assert set(res) == {"seg", "depth", "edges", "normals"}
-    assert res["normals"]["mean"] == pytest.approx(metrics["mtml_normals_mean"])
-    # the figures read the folder
+    for name in ("mtml_table", "mtml_heldout", "train_curves", "edges_pr", "examples"):
+        assert (run.path / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
+    ex = torch.load(run.path / "examples.pt", weights_only=True)
+    assert set(ex["preds"]) == set(ROWS) and ex["preds"]["mtml"]["normals"].shape[0] == 2
+
+
+def test_delta_m_and_delta_p_match_a_hand_computation(study_run):
+    """Recomputed from metrics.json alone with the published definitions (one metric per task for Δm;
+    LibMTL's sets for Δp), over the training tasks."""
+    cfg, _, m = study_run
+    dm_metric = {"seg": ("miou", 1), "depth": ("rmse", -1), "edges": ("ods_f", 1)}
+    dp_metrics = {"seg": [("miou", 1), ("pixel_acc", 1)], "depth": [("abs_err", -1), ("rel_err", -1)],
+                  "edges": [("ods_f", 1)]}
+
+    def rel(row, task, metric, sign):
+        base = m[f"single_{task}_{metric}"]
+        return None if base == 0 else sign * (m[f"{row}_{task}_{metric}"] - base) / base * 100
+
+    for row in ROWS[1:]:
+        dm = [rel(row, t, *dm_metric[t]) for t in cfg.train_tasks]
+        dp = [[rel(row, t, *mv) for mv in dp_metrics[t]] for t in cfg.train_tasks]
+        if None in dm:
+            assert m[f"{row}_delta_m"] is None
+        else:
+            assert m[f"{row}_delta_m"] == pytest.approx(sum(dm) / len(dm))
+        if any(None in d for d in dp):
+            assert m[f"{row}_delta_p"] is None
+        else:
+            assert m[f"{row}_delta_p"] == pytest.approx(np.mean([np.mean(d) for d in dp]))
+    assert any(m[f"{row}_delta_m"] is not None for row in ROWS[1:])
+
+
+def test_mtl_and_mtml_are_scored_both_ways_on_the_same_support_batch(study_run):
+    cfg, _, m = study_run
+    for kind in ("mtl", "mtml"):
+        assert m[f"{kind}_depth_rmse"] != m[f"{kind}_adapted_depth_rmse"]  # the adaptation step did something
+    assert {k.split("_", 2)[-1] for k in m if k.startswith("mtl_adapted_")} == \
+        {k.split("_", 2)[-1] for k in m if k.startswith("mtml_adapted_")}
+
+
+def test_heldout_task_is_learnt_like_for_like_selected_on_val_reported_on_test(study_run):
+    cfg, run, m = study_run
+    df = pd.read_csv(run.path / "curves" / "heldout.csv")
+    assert {"val_mean", "test_mean", "lr", "selected"} <= set(df.columns)
+    for start in ("single", "mtl", "mtml"):
+        mine = df[df["run"] == start]
+        assert sorted(mine["lr"].unique()) == sorted(cfg.finetune_lrs)  # the same grid from every start ...
+        assert all(sorted(g["step"]) == [0, 2, 4] for _, g in mine.groupby("lr"))  # ... and the same budget
+        finals = mine[mine["step"] == cfg.finetune_steps].set_index("lr")
+        best = finals["val_mean"].idxmin()  # normals: mean angle, lower is better; chosen on validation
+        assert m[f"{start}_finetune_lr"] == best and finals.loc[best, "selected"] == 1
+        kept = mine[mine["lr"] == best].sort_values("step")
+        # the reported metric is the kept model's *test* score, the last point of its test curve
+        assert m[f"{start}_normals_mean"] == pytest.approx(kept["test_mean"].iloc[-1])
+        assert not np.allclose(kept["val_mean"], kept["test_mean"])  # two different splits
+        reached = kept[kept["test_mean"] <= m["heldout_target"]]["step"]
+        assert m[f"{start}_steps_to_target"] == (int(reached.min()) if len(reached) else None)
+    scratch = df[(df["run"] == "single") & (df["selected"] == 1)].sort_values("step")
+    assert m["heldout_target"] == pytest.approx(scratch["test_mean"].iloc[-1])
+    s = m["mtml_steps_to_target"]
+    assert m["mtml_reaches_target_in_half"] == int(s is not None and s <= cfg.finetune_steps / 2)
+
+
+def test_viz_reads_the_run_folder(study_run):
     from nbmodule.viz import mtml as viz
 
-    table = viz.metrics_table(run.path)
-    assert table.loc["mtml", ("normals", "mean ↓")] == pytest.approx(metrics["mtml_normals_mean"])
-    viz.plot_heldout_curves(run.path)
-    viz.plot_examples(run.path, 1)
+    _, run, m = study_run
+    table = viz.mtml_table(m)
+    assert list(table.index) == list(ROWS)
+    assert list(table.columns)[-3:] == ["delta_p", "delta_m", "steps_to_target"]
+    assert table.loc["mtml_adapted", "seg_miou"] == pytest.approx(m["mtml_adapted_seg_miou"])
+    assert np.isnan(table.loc["mtl_adapted", "normals_mean"])  # the held-out task is learnt from mtl, not adapted
+    anchors, why = viz.anchors_table(run.path)
+    assert anchors is None and "synthetic True" in why  # no published number beside synthetic scenes
+    assert viz.budget_table(m).loc["mtml", "optimiser steps"] == m["mtml_optimizer_steps"]
+    assert viz.read_heldout(run.path)[0]["selected"].eq(1).all()
 
 
-def test_cli_train_meta_test_and_test(data_root, tmp_path, monkeypatch, capsys):
-    from nbmodule.mtml import main
+def test_mode_test_scores_a_trained_model_from_its_checkpoint(study_run, tiny, tmp_path):
+    cfg, run, m = study_run
+    test_cfg = Config.from_values({**TINY, "mode": "test", "init_model": str(run.path / "checkpoints" / "mtml.pt")})
+    out = execute("mtml", test_cfg, RunDir(tmp_path, "t"), RunContext.create(**CPU))
+    for task in cfg.train_tasks:
+        for key, value in out.items():
+            if key.startswith(f"test_{task}_"):
+                assert value == pytest.approx(m["mtml_" + key[len("test_"):]]), key
 
-    monkeypatch.setenv("NBM_DATA", str(data_root))
-    cfg = tmp_path / "mtl.yaml"
-    cfg.write_text("base: " + str(mtml.__file__).replace("nbmodule/engines/mtml.py", "configs/mtml/multi_task_baseline.yaml")
-                   + "\nscale: smoke\n")
-    common = ["--out", str(tmp_path / "runs"), "--no-progress", "-o", "steps=2", "-o", "batch_size=4",
-              "-o", "head_width=8", "-o", "tasks=[depth,normals]", "-o", "eval_every=2"]
-    assert main(["train", "--config", str(cfg), *common]) == 0
-    mtl_phase = tmp_path / "runs" / "multi_task_baseline" / "phases" / "mtl"
-    assert (mtl_phase / "checkpoints" / "final.pt").is_file()
-    assert main(["meta-train", "--config", str(cfg), *common]) == 2
-    assert "is not run by 'meta-train'" in capsys.readouterr().err
-    mt = tmp_path / "mt.yaml"
-    mt.write_text(cfg.read_text().replace("multi_task_baseline.yaml", "meta_testing.yaml")
-                  + f"pretrained_run: {mtl_phase}\n")
-    assert main(["meta-test", "--config", str(mt), *common, "-o", "finetune_steps=2"]) == 0
-    out = json.loads((tmp_path / "runs" / "meta_testing" / "metrics.json").read_text())
-    assert math.isfinite(out["meta_test_normals_mean"])
-    assert main(["test", "--run", str(mtl_phase)]) == 0
-    assert "abs_err" in capsys.readouterr().out
+
+# --- run-folder safety (issue 13) ---------------------------------------------------------------------------
+def test_changed_settings_on_a_run_folder_are_refused_naming_the_field(tiny, tmp_path, capsys):
+    """A 2-step MTML model is never reported under a config that says 6: both doors refuse, and the engine
+    itself refuses too when called directly."""
+    args = ["run", "mtml", "--config", "meta_multitask_baseline", "--mode", "meta-train", "--out", str(tmp_path),
+            "--no-progress", "--device", "cpu"] + [f"{k}={json.dumps(v)}" for k, v in TINY.items()]
+    assert cli.main(args) == 0
+    folder = tmp_path / "03_mtml"
+    stored = (folder / "config.json").read_text()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert "mtml_seg_miou" in metrics and "single_seg_miou" not in metrics  # --mode meta-train: MTML only
+    assert cli.main(args[:-len(TINY)] + [f"{k}={json.dumps(v)}" for k, v in {**TINY, "meta_steps": 6}.items()]) == 2
+    assert "meta_steps (stored 2, now 6)" in capsys.readouterr().err
+    assert (folder / "config.json").read_text() == stored
+    changed = Config.from_values({**TINY, "mode": "meta-train", "held_out": "normals", "inner_lr": 0.02})
+    with pytest.raises(ResumeError, match=r"inner_lr \(stored 0.01, now 0.02\)"):
+        mtml.run(changed, RunDir(folder), RunContext.create(**CPU))
+
+
+def test_meta_test_learns_the_held_out_task_from_a_trained_model(tiny, tmp_path):
+    ctx = RunContext.create(**CPU)
+    execute("mtml", Config.from_values({**TINY, "mode": "meta-train"}), RunDir(tmp_path, "meta"), ctx)
+    model = tmp_path / "meta" / "checkpoints" / "mtml.pt"
+    m = execute("mtml", Config.from_values({**TINY, "mode": "meta-test", "init_model": str(model)}),
+                RunDir(tmp_path, "mt"), ctx)
+    assert math.isfinite(m["meta_test_normals_mean"]) and m["meta_test_finetune_lr"] in TINY["finetune_lrs"]
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_model_file_is_refused_without_running_it(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "final.pt"
+    torch.save({"state": {"model": _Evil(marker), "spec": {}}, "done": True}, evil)
+    code = cli.main(["run", "mtml", "--config", "default", "--mode", "test", f"init_model={evil}", "--out",
+                     str(tmp_path / "runs"), "--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "cannot be loaded safely" in err
+    assert not marker.exists()
+    assert cli.main(["run", "mtml", "--config", "default", "--mode", "test", f"init_model={tmp_path / 'nope.pt'}",
+                     "--out", str(tmp_path / "runs2"), "--no-progress"]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -1,11 +1,12 @@
-"""MTML losses and metrics on hand-computed cases."""
+"""MTML losses and metrics on hand-computed cases (edges: tests/test_metrics_boundary.py)."""
 import math
 
 import pytest
 import torch
 
 from nbmodule.losses import balanced_bce_loss, depth_l1_loss, normals_cosine_loss, seg_loss
-from nbmodule.metrics import ConfusionMatrix, DepthMeter, EdgeMeter, NormalsMeter, delta_m
+from nbmodule.metrics import (ConfusionMatrix, DepthMeter, EdgeProxyMeter, MetricRangeError, NormalsMeter, delta_m,
+                              delta_p)
 
 
 def test_seg_loss_ignores_255_and_all_ignored_is_zero():
@@ -81,28 +82,67 @@ def test_normals_meter_skips_invalid_targets():
     assert m.n == 1 and m.compute()["mean"] == pytest.approx(0.0)
 
 
-def test_edge_ods_exact_and_with_tolerance():
+def test_edge_proxy_exact_and_with_tolerance():
     gt = torch.zeros(1, 1, 1, 6)
     gt[..., 1] = 1
     gt[..., 4] = 1
     prob = torch.tensor([0.1, 0.9, 0.2, 0.8, 0.3, 0.0]).view(1, 1, 1, 6)
     # tolerance 0, threshold 0.25..0.3: predicts {1, 3, 4}: P = 2/3, R = 1 -> F = 0.8 (the best)
-    m = EdgeMeter(thresholds=[0.85, 0.5, 0.25], tolerance=0)
+    m = EdgeProxyMeter(thresholds=[0.85, 0.5, 0.25], tolerance=0)
     m.update(prob, gt)
     r = m.compute()
-    assert r["ods"] == pytest.approx(0.8)
-    assert r["ods_threshold"] == pytest.approx(0.25)
+    assert r["proxy_f"] == pytest.approx(0.8)
+    assert r["proxy_threshold"] == pytest.approx(0.25)
     # with 1 px tolerance, predicting {1, 3} at 0.5 matches both edges: F = 1
-    m1 = EdgeMeter(thresholds=[0.5], tolerance=1)
+    m1 = EdgeProxyMeter(thresholds=[0.5], tolerance=1)
     m1.update(prob, gt)
-    assert m1.compute()["ods"] == pytest.approx(1.0)
+    assert m1.compute()["proxy_f"] == pytest.approx(1.0)
 
 
-def test_delta_m_signs_and_task_balance():
-    base = {"seg": {"miou": 40.0, "pixel_acc": 60.0}, "depth": {"abs_err": 0.5, "rel_err": 0.2}}
-    better = {"seg": {"miou": 44.0, "pixel_acc": 60.0}, "depth": {"abs_err": 0.45, "rel_err": 0.2}}
-    # seg: (+10% + 0)/2 = 5; depth: (+10% + 0)/2 = 5 (lower is better, so a drop is a gain)
-    assert delta_m(better, base) == pytest.approx(5.0)
-    assert delta_m(base, base) == 0.0
-    with pytest.raises(ValueError, match="depth.abs_err"):
-        delta_m({"depth": {"abs_err": float("nan"), "rel_err": 0.2}}, base)
+BASE = {"seg": {"miou": 40.0, "pixel_acc": 60.0}, "depth": {"abs_err": 0.5, "rel_err": 0.2, "rmse": 1.0},
+        "normals": {"mean": 20.0, "median": 15.0, "within_11_25": 30.0, "within_22_5": 60.0, "within_30": 70.0},
+        "edges": {"ods_f": 50.0}}
+
+
+def test_delta_m_uses_one_metric_per_task_as_maninis_and_vandenhende():
+    """Δm averages mIoU, depth RMSE, mean angle and ODS F only: a change in any other metric leaves it alone."""
+    new = {t: dict(v) for t, v in BASE.items()}
+    new["seg"]["miou"] = 44.0        # +10%
+    new["depth"]["rmse"] = 0.9       # lower is better: +10%
+    new["normals"]["mean"] = 22.0    # worse: -10%
+    new["edges"]["ods_f"] = 55.0     # +10%
+    new["depth"]["abs_err"] = 0.1    # not a Δm metric
+    new["normals"]["within_30"] = 99.0
+    assert delta_m(new, BASE) == pytest.approx((10 + 10 - 10 + 10) / 4)
+    assert delta_m(BASE, BASE) == 0.0
+
+
+def test_delta_p_averages_every_metric_within_a_task_first():
+    new = {t: dict(v) for t, v in BASE.items()}
+    new["seg"]["pixel_acc"] = 66.0   # seg: (0 + 10) / 2 = 5
+    new["depth"]["abs_err"] = 0.45   # depth: (10 + 0) / 2 = 5 (rmse is not one of LibMTL's depth metrics)
+    new["depth"]["rmse"] = 2.0
+    # normals and edges unchanged: (5 + 5 + 0 + 0) / 4
+    assert delta_p(new, BASE) == pytest.approx(2.5)
+    assert delta_m(new, BASE) == pytest.approx(-100 / 4)  # only the rmse change counts for Δm
+
+
+def test_delta_m_refuses_missing_or_zero_baselines():
+    with pytest.raises(ValueError, match="depth.rmse"):
+        delta_m({"depth": {"rmse": float("nan")}}, BASE)
+    with pytest.raises(ValueError, match="seg.miou"):
+        delta_m({"seg": {"miou": 3.0}}, {"seg": {"miou": 0.0}})
+    with pytest.raises(ValueError, match="no task is present in both"):
+        delta_m({"seg": {"miou": 3.0}}, {"depth": {"rmse": 1.0}})
+
+
+def test_metrics_refuse_values_outside_their_range():
+    cm = ConfusionMatrix(2, ignore_index=None)
+    cm.mat = torch.tensor([[5, -3], [0, 1]])  # a corrupted count
+    with pytest.raises(MetricRangeError, match="IoU of class 0 = .* outside \\[0, 1\\]"):
+        cm.miou()
+    m = DepthMeter()
+    m.update(torch.tensor([1.0]), torch.tensor([2.0]))
+    m.d1 = 5  # more accurate pixels than pixels
+    with pytest.raises(MetricRangeError, match="depth delta1 = 5.0"):
+        m.compute()

@@ -51,3 +51,28 @@ def test_training_a_head_reduces_its_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_pretrained_weights_fall_back_to_random_offline_and_say_so(monkeypatch):
+    """Offline, pretrained=True gives the encoder pretrained=False would have (same seed, same weights),
+    and says which it got and why."""
+    import urllib.error
+
+    import torchvision
+
+    real = torchvision.models.mobilenet_v3_small
+
+    def offline(weights=None, **kw):
+        if weights is not None:
+            real(weights=None, **kw)  # consume the RNG as a real attempt would, then fail to download
+            raise urllib.error.URLError("Name or service not known")
+        return real(weights=None, **kw)
+
+    monkeypatch.setattr(torchvision.models, "mobilenet_v3_small", offline)
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="ImageNet weights of mobilenet_v3_small unavailable.*URLError"):
+        a = build_model("mtl", tasks={"seg": 3}, backbone="mobilenet_v3_small", pretrained=True, head_width=8)
+    torch.manual_seed(0)
+    b = build_model("mtl", tasks={"seg": 3}, backbone="mobilenet_v3_small", pretrained=False, head_width=8)
+    assert a.encoder_weights == "random" and "random weights" in a.encoder.weights_note
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -7,11 +7,14 @@ and predicts ``out_channels`` maps upsampled to the input size. Heads hold no ba
 be fine-tuned on small batches and adapted functionally without running statistics.
 
 Weights: random initialisation by default. ``pretrained=True`` loads torchvision's ImageNet weights for
-the encoder (downloaded by torchvision on first use; it fails offline with torchvision's error), and
-``model.encoder_weights`` says which ("imagenet" or "random").
+the encoder (downloaded by torchvision on first use, then cached). When they cannot be had (offline, a dead
+host), the encoder falls back to the random initialisation it would have had with ``pretrained=False``,
+with a warning; ``model.encoder_weights`` says which it got ("imagenet" or "random") and
+``model.encoder.weights_note`` why.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
 import torch
@@ -44,8 +47,18 @@ class DenseEncoder(nn.Module):
             if pretrained:
                 raise ValueError("ImageNet weights exist only for width_mult=1.0")
             kwargs["width_mult"] = width_mult
-        net = ctor(weights="DEFAULT" if pretrained else None, **kwargs)
-        self.weights = "imagenet" if pretrained else "random"
+        self.weights, self.weights_note = "random", ""
+        rng = torch.get_rng_state()
+        try:
+            net = ctor(weights="DEFAULT" if pretrained else None, **kwargs)
+            self.weights = "imagenet" if pretrained else "random"
+        except (OSError, RuntimeError) as err:  # URLError is an OSError; a corrupt download a RuntimeError
+            first = str(err).splitlines()[0] if str(err) else ""
+            self.weights_note = (f"ImageNet weights of {backbone} unavailable ({type(err).__name__}: {first}); "
+                                 "the encoder starts from random weights")
+            warnings.warn(self.weights_note, stacklevel=2)
+            torch.set_rng_state(rng)  # the same random initialisation as pretrained=False
+            net = ctor(weights=None, **kwargs)
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
         if backbone.startswith("resnet"):
