@@ -7,8 +7,8 @@ optimiser step: identical for all). Random images (speed does not depend on cont
 
 Timed in this process on the same batch, interleaved (rotating order), warm-up first, medians:
 
-* the engine's candidates: ``loop`` (one task at a time), ``batchedN`` (the task-batched program of
-  ``nbmodule.meta.batched``, N tasks per call);
+* the engine's candidates: ``loop`` (one task at a time), ``batched`` (the task-batched program of
+  ``nbmodule.meta.batched``, tasks per call sized by memory), ``batchedN`` (all N tasks in one call);
 * ``auto``: what ``nbmodule.meta.choose_strategy`` picks on this batch with its own interleaved measurement,
   made first, as training does; its time is the picked candidate's time in the comparison;
 * the peers of ``benchmarks/peers.py`` (learn2learn's algorithm, higher, torchopt), each checked first to
@@ -45,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers  # noqa: E402
 from nbmodule.meta import choose_strategy, meta_loss  # noqa: E402
-from nbmodule.meta.batched import default_chunk  # noqa: E402
 from nbmodule.meta.strategy import estimate_peak_bytes, graph_bytes  # noqa: E402
 from nbmodule.models import build_model  # noqa: E402
 from nbmodule.profiling import BenchResults, interleaved_seconds  # noqa: E402
@@ -112,9 +111,7 @@ def compare(key: str, setting: tuple, device, res: BenchResults, *, repeats: int
         return lambda: (model.zero_grad(set_to_none=True),
                         peers.META_STEPS[name](model, tasks, F.cross_entropy, steps, lr))
 
-    fns = {"loop": engine("loop")}
-    for c in sorted({default_chunk(T, device), T}):
-        fns[f"batched{c}"] = engine("batched", c)
+    fns = {"loop": engine("loop"), "batched": engine("batched"), f"batched{T}": engine("batched", T)}
     if choice.name not in fns:
         fns[choice.name] = engine(choice)
     fns.update({n: peer(n) for n in names})
@@ -180,7 +177,7 @@ def measure_memory(strategy: str, chunk: int | None, device_name: str = "cpu") -
 
 def memory(res: BenchResults, device) -> None:
     T = MEMORY[5]
-    cands = {"loop": ("loop", None), f"batched{default_chunk(T, device)}": ("batched", default_chunk(T, device))}
+    cands = {"loop": ("loop", None), "batched": ("batched", None), f"batched{T}": ("batched", T)}
     for name, (strategy, chunk) in cands.items():
         if device.type == "cuda":
             out = measure_memory(strategy, chunk, "cuda")

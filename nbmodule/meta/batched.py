@@ -40,10 +40,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .kernels import Normalize, NormPool, TaskConv
+from .kernels import Normalize, NormPool, TaskConv, conv_output_size
 
 __all__ = ["Unsupported", "BatchedProgram", "compile_batched", "batched_meta_loss", "batched_finetune_curve",
-           "per_task_losses", "default_chunk"]
+           "per_task_losses", "retain_freed_memory", "CHUNK_BYTES"]
 
 
 class Unsupported(ValueError):
@@ -90,6 +90,11 @@ class _Ctx:
         self.task_params = task_params
         self.buffers = buffers or {}
         self.T = tasks
+        self.biggest = 0  # bytes of the largest tensor a step made (im2col columns included)
+
+    def note(self, t_or_bytes: "Tensor | int") -> None:
+        b = t_or_bytes if isinstance(t_or_bytes, int) else t_or_bytes.numel() * t_or_bytes.element_size()
+        self.biggest = max(self.biggest, b)
 
     def get(self, name: str) -> tuple[Tensor | None, bool]:
         if name in self.task_params:
@@ -112,6 +117,10 @@ def _tasks_view(t: Tensor, T: int) -> Tensor:
 
 
 # --- layers -----------------------------------------------------------------------------------------------
+#: A per-task convolution with at least this many output positions per task (images x height x width) runs as
+#: the library's convolution, task by task: the patch matrix (kh*kw times the input) would cost more memory
+#: traffic than batching saves. Below it, patches + one batched GEMM over tasks.
+NATIVE_ROWS = 4096
 def _pair(v: Any) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
@@ -135,7 +144,7 @@ def _conv_geometry(m: nn.Conv2d) -> tuple[tuple[int, int], ...]:
 
 
 def _conv(x: Tensor, w: Tensor, w_task: bool, b: Tensor | None, b_task: bool, T: int,
-          geom: tuple[tuple[int, int], ...]) -> Tensor:
+          geom: tuple[tuple[int, int], ...], cx: "_Ctx | None" = None) -> Tensor:
     """``x: (N, H, W, C)`` channels-last -> ``(N, OH, OW, Co)``; ``w`` per-task ``(T, Co, C, kh, kw)`` or shared."""
     k, s, p, d = geom
     if not w_task:  # one convolution over all images (oneDNN/cuDNN, channels-last)
@@ -145,8 +154,22 @@ def _conv(x: Tensor, w: Tensor, w_task: bool, b: Tensor | None, b_task: bool, T:
         return y
     n, h, wd, c = x.shape
     co = w.shape[1]
+    rows = (n // T) * conv_output_size(h, k[0], s[0], p[0], d[0]) * conv_output_size(wd, k[1], s[1], p[1], d[1])
+    if rows >= NATIVE_ROWS:
+        # many output positions per task: the library convolution (no patch matrix in memory) task by task
+        B = n // T
+        ys = [F.conv2d(x[t * B:(t + 1) * B].permute(0, 3, 1, 2), w[t], None, s, p, d).permute(0, 2, 3, 1)
+              for t in range(T)]
+        y = ys[0].contiguous() if T == 1 else torch.cat(ys)
+        if cx is not None:
+            cx.note(y)
+        if b is not None:
+            y = (_tasks_view(y, T) + _per_channel(b, b_task, T)).view(y.shape)
+        return y
     wm = w.permute(0, 3, 4, 2, 1).reshape(T, -1, co)  # rows ordered (kh, kw, C) as the patches
     y = TaskConv.apply(x, wm, ((h, wd), k, s, p, d))  # (N, OH, OW, Co)
+    if cx is not None:  # the patches TaskConv made: (N, OH, OW, kh*kw*C)
+        cx.note(y.numel() // co * wm.shape[1] * y.element_size())
     if b is not None:
         y = (_tasks_view(y, T) + _per_channel(b, b_task, T)).view(y.shape)
     return y
@@ -233,6 +256,7 @@ class BatchedProgram:
         self.unused: list[str] = []  # parameters the program provably does not need (their gradient is 0)
         self.input: str | None = None
         self.output: str | None = None
+        self.bytes_per_task: dict[tuple, int] = {}  # (input shape without the task dim, dtype) -> largest tensor
         done: set[str] = set()
         for node in graph.nodes:
             if node.name in done:
@@ -347,7 +371,7 @@ class BatchedProgram:
                 else:
                     w = w * s.view(-1, 1, 1, 1)
                 gamma = gamma.abs()
-            y = _conv(x, w, w_task, None, False, T, geom)  # (N, OH, OW, Co)
+            y = _conv(x, w, w_task, None, False, T, geom, cx)  # (N, OH, OW, Co)
             if pool is not None:
                 z, _, _ = NormPool.apply(y, T, eps, pool_args)
                 z = _affine(_tasks_view(z, T), gamma, g_task, beta, b_task, T).view(z.shape)
@@ -378,7 +402,7 @@ class BatchedProgram:
         def step(env: dict, cx: _Ctx) -> None:
             w, w_task = cx.get(wname)
             b, b_task = cx.get(bname) if has_bias else (None, False)
-            env[node.name] = _Act(_conv(env[src].as_nhwc(), w, w_task, b, b_task, cx.T, geom), True)
+            env[node.name] = _Act(_conv(env[src].as_nhwc(), w, w_task, b, b_task, cx.T, geom, cx), True)
 
         self.steps.append(step)
 
@@ -541,8 +565,24 @@ class BatchedProgram:
         env: dict[str, Any] = {self.input: _Act(x.reshape(T * B, *x.shape[2:]))}
         for step in self.steps:
             step(env, cx)
+            for v in env.values():
+                if isinstance(v, _Act):
+                    cx.note(v.t)
+        key = (tuple(x.shape[1:]), x.dtype)
+        self.bytes_per_task[key] = max(self.bytes_per_task.get(key, 0), -(-cx.biggest // T))
         out = env[self.output].std()
         return out.reshape(T, B, *out.shape[1:])
+
+    def auto_chunk(self, xs: Tensor, xq: Tensor) -> int | None:
+        """Tasks per call for ``chunk=None``: all of them on a GPU; on a CPU as many as keep the largest tensor of
+        a call within :data:`CHUNK_BYTES` (None until a call has measured this input shape's per-task sizes)."""
+        T = xs.shape[0]
+        if xs.device.type != "cpu":
+            return T
+        sizes = [self.bytes_per_task.get((tuple(x.shape[1:]), x.dtype)) for x in (xs, xq)]
+        if None in sizes:
+            return None
+        return max(1, min(T, CHUNK_BYTES // max(1, *sizes)))
 
 
 _PROGRAMS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, BatchedProgram | Unsupported]]" = \
@@ -586,16 +626,49 @@ def per_task_losses(loss_fn: Callable[[Tensor, Tensor], Tensor], out: Tensor, y:
 
 
 # --- MAML on top of the program ------------------------------------------------------------------------------
-def default_chunk(tasks: int, device: torch.device) -> int:
-    """Tasks per batched call. On a CPU, chunks of a few tasks keep each activation within the caches while
-    the per-task matrix products stay large; on a GPU, all tasks at once."""
-    if device.type != "cpu":
-        return tasks
-    return min(tasks, 8)
+#: On a CPU, a batched call holds at most this many bytes in its largest tensor (usually the im2col columns of
+#: the second convolution), so each call's working set stays near the caches.
+CHUNK_BYTES = 16 * 2**20
 
 
-def _chunks(T: int, chunk: int) -> list[slice]:
-    return [slice(i, min(T, i + chunk)) for i in range(0, T, chunk)]
+def _chunk_slices(prog: BatchedProgram, xs: Tensor, xq: Tensor, chunk: int | None):
+    """Consecutive task slices: ``chunk`` tasks each, or (None) sized by :meth:`BatchedProgram.auto_chunk`, the
+    first slice a single task when the sizes are not known yet."""
+    T = xs.shape[0]
+    start = 0
+    while start < T:
+        size = chunk or prog.auto_chunk(xs, xq) or 1
+        yield slice(start, min(T, start + size))
+        start += size
+
+
+def retain_freed_memory() -> bool:
+    """Keep freed CPU memory in the process for reuse instead of handing it back to the OS: glibc's malloc
+    serves every block from its heap (no ``mmap`` per large block) and trims the heap only beyond 1 GB free.
+    Returns False where there is no glibc (then nothing changes).
+
+    Why: MAML allocates tensors of several to tens of MB per step; by default glibc maps each block above an
+    adaptive threshold (at most 32 MB) afresh and unmaps it when freed, so every page of it is faulted in
+    again on the next step (measured here: tens of thousands of page faults per meta-iteration, 10-30% of its
+    time; MiniImagenet's 84x84 query activations are 67 MB per task). This is a process-wide allocator setting,
+    like PyTorch's GPU caching allocator it keeps the peak reserved; it helps every strategy (the loop too).
+    :func:`nbmodule.meta.choose_strategy` calls it on a CPU and records that it did."""
+    import ctypes
+    import ctypes.util
+
+    global _RETAINING
+    if _RETAINING:
+        return True
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    _RETAINING = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**30))
+    return _RETAINING
+
+
+_RETAINING = False
 
 
 def _adapt_batched(prog: BatchedProgram, model: nn.Module, params: Mapping[str, Tensor], xs: Tensor, ys: Tensor,
@@ -628,11 +701,9 @@ def batched_meta_loss(model: nn.Module, params: Mapping[str, Tensor], tasks: Seq
     with ``strategy="batched"``; ``lr_of(step, name)`` is the inner step size."""
     prog = compile_batched(model)
     xs, ys, xq, yq = tasks
-    T = xs.shape[0]
-    size = chunk or default_chunk(T, xs.device)
     losses, outputs = [], []
     grad_enabled = torch.is_grad_enabled()
-    for sl in _chunks(T, size):
+    for sl in _chunk_slices(prog, xs, xq, chunk):
         if grad_enabled:
             p = _adapt_batched(prog, model, params, xs[sl], ys[sl], loss_fn, steps, lr_of, first_order, buffers)
             out = prog(model, p, xq[sl], buffers)
@@ -658,9 +729,8 @@ def batched_finetune_curve(model: nn.Module, params: Mapping[str, Tensor], tasks
     """``(T, steps + 1)`` query losses after 0..steps plain (first-order) steps, batched over tasks."""
     prog = compile_batched(model)
     xs, ys, xq, yq = tasks
-    T = xs.shape[0]
     rows = []
-    for sl in _chunks(T, chunk or default_chunk(T, xs.device)):
+    for sl in _chunk_slices(prog, xs, xq, chunk):
         with torch.enable_grad():
             p = {k: v.detach().requires_grad_() for k, v in params.items()}
             p = {k: v.unsqueeze(0).expand(sl.stop - sl.start, *v.shape) for k, v in p.items()}

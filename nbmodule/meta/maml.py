@@ -213,7 +213,8 @@ def meta_loss(model: nn.Module, params: Mapping[str, Tensor], tasks: Sequence[Te
     ``per_task_losses: (T,)`` detached, plus ``query_outputs: (T, Q, ...)`` (detached predictions of the
     adapted models on ``xq``) when ``return_outputs``. ``strategy``: ``"auto"``, ``"loop"``, ``"vmap"``,
     ``"batched"`` or a :class:`~nbmodule.meta.StrategyChoice` from :func:`~nbmodule.meta.choose_strategy`;
-    ``chunk``: tasks per batched call (``"batched"`` only; default :func:`nbmodule.meta.batched.default_chunk`).
+    ``chunk``: tasks per batched call (``"batched"`` only; default: sized by memory, see
+    :data:`nbmodule.meta.batched.CHUNK_BYTES`).
     """
     xs, ys, xq, yq = _check_tasks(tasks)
     _check_inner_lr(inner_lr, steps, params)

@@ -47,7 +47,7 @@ class StrategyChoice:
 
     @property
     def name(self) -> str:
-        """``loop``, ``vmap`` or ``batched`` with its chunk, e.g. ``batched8``."""
+        """``loop``, ``vmap``, ``batched`` (chunks sized by memory) or ``batchedN`` (N tasks per call)."""
         return _label(self.strategy, self.chunk)
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,7 +62,8 @@ class StrategyChoice:
 
 
 def _label(strategy: str, chunk: int | None) -> str:
-    return f"batched{chunk}" if strategy == "batched" else strategy
+    """``batched`` (tasks per call sized by memory, see :data:`nbmodule.meta.batched.CHUNK_BYTES`) or ``batchedN``."""
+    return f"batched{chunk}" if strategy == "batched" and chunk else strategy
 
 
 def available_memory(device: torch.device | str) -> int:
@@ -131,16 +132,19 @@ def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Seque
                     steps: int = 1, inner_lr: Any = 0.01, first_order: bool = False,
                     buffers: Mapping[str, Tensor] | None = None, requested: str = "auto",
                     candidates: Sequence[str | tuple[str, int | None]] | None = None, repeats: int = 5,
-                    warmup: int = 1, memory_fraction: float = 0.8, memory_budget: int | None = None
-                    ) -> StrategyChoice:
+                    warmup: int = 1, memory_fraction: float = 0.8, memory_budget: int | None = None,
+                    retain_memory: bool = True) -> StrategyChoice:
     """Measure the valid strategies on this meta-batch and return the fastest that fits in memory.
 
     ``requested`` other than ``"auto"`` is checked and returned unmeasured (``batched`` falls back to the loop,
     with the reason in ``excluded``, for models it does not cover). ``candidates``: override the list, as names
-    or ``("batched", chunk)`` pairs. ``memory_budget``: bytes (default ``memory_fraction`` of the free memory).
+    or ``("batched", chunk)`` pairs (chunk None: sized by memory). ``memory_budget``: bytes (default
+    ``memory_fraction`` of the free memory). ``retain_memory``: on a CPU, first call
+    :func:`nbmodule.meta.batched.retain_freed_memory` (a process-wide allocator setting; recorded in
+    ``protocol``), so the measurement sees the allocator training will run with.
     No ``.grad`` is touched and the global RNG state is restored.
     """
-    from .batched import Unsupported, compile_batched, default_chunk
+    from .batched import Unsupported, compile_batched, retain_freed_memory
     from .maml import meta_loss, resolve_strategy, vmap_problem
 
     xs = tasks[0]
@@ -150,6 +154,9 @@ def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Seque
                 "threads": torch.get_num_threads(), "device": str(device), "tasks": T,
                 "support_shape": list(tasks[0].shape), "query_shape": list(tasks[2].shape), "steps": steps,
                 "first_order": first_order, "dtype": str(xs.dtype)}
+    if retain_memory and device.type == "cpu":
+        protocol["allocator"] = ("glibc malloc keeps freed memory (no mmap per block, heap trimmed beyond 1 GB free)"
+                                 if retain_freed_memory() else "default (no glibc)")
     excluded: dict[str, str] = {}
     if requested not in ("auto", "loop", "vmap", "batched"):
         raise ValueError(f"requested must be auto, loop, vmap or batched, got {requested!r}")
@@ -168,8 +175,7 @@ def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Seque
             return StrategyChoice("loop", None, requested, excluded=excluded, protocol=protocol)
         if requested == "vmap":
             resolve_strategy("vmap", model, device, first_order=first_order or steps == 0)  # raises where wrong
-        chunk = default_chunk(T, device) if requested == "batched" else None
-        return StrategyChoice(requested, chunk, requested, protocol=protocol)
+        return StrategyChoice(requested, None, requested, protocol=protocol)
 
     if candidates is None:
         cands: list[tuple[str, int | None]] = [("loop", None)]
@@ -178,11 +184,10 @@ def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Seque
             cands.append(("vmap", None))
         else:
             excluded["vmap"] = problem
-        if batched_ok():
-            cands += sorted({("batched", default_chunk(T, device)), ("batched", T)}, key=lambda c: c[1])
+        if batched_ok():  # tasks per call sized by memory (all of them on a GPU)
+            cands.append(("batched", None))
     else:
-        cands = [(c, default_chunk(T, device) if c == "batched" else None) if isinstance(c, str) else tuple(c)
-                 for c in candidates]
+        cands = [(c, None) if isinstance(c, str) else tuple(c) for c in candidates]
         if any(s == "batched" for s, _ in cands) and not batched_ok():
             cands = [c for c in cands if c[0] != "batched"]
         if not any(s == "loop" for s, _ in cands):
@@ -213,6 +218,8 @@ def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Seque
                                    f"> budget {budget / 2**30:.2f} GiB")
             else:
                 fitting.append((strategy, chunk))
+        if any(c == ("batched", None) for c in fitting):
+            protocol["batched_tasks_per_call"] = compile_batched(model).auto_chunk(tasks[0], tasks[2])
         if not fitting:  # nothing fits: the smallest is the only hope
             smallest = min(cands, key=lambda c: peaks[_label(*c)])
             fitting = [smallest]
