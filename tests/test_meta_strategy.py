@@ -38,7 +38,8 @@ def test_choice_records_interleaved_timings_and_never_loses_to_the_loop():
     assert all(p.grad is None for p in net.parameters())  # and touches no .grad
     # second order through batch norm: vmap is not a candidate, and the record says why
     assert "vmap" in choice.excluded and "functorch" in choice.excluded["vmap"]
-    assert set(choice.seconds) == {"loop", "batched4"}
+    assert set(choice.seconds) == {"loop", "batched"}  # batched: tasks per call sized by memory
+    assert choice.protocol["batched_tasks_per_call"] == 4 and "allocator" in choice.protocol
     assert all(len(v) == 3 for v in choice.seconds.values())  # repeats, warm-up rounds dropped
     for k, v in choice.seconds.items():
         assert choice.medians_s[k] == sorted(v)[1]
@@ -79,7 +80,7 @@ def test_memory_check_excludes_what_would_not_fit():
     net, tasks = _conv_net(), _conv_tasks()
     params = dict(net.named_parameters())
     loop_bytes = estimate_peak_bytes(net, params, tasks, F.cross_entropy, "loop", steps=2, inner_lr=0.3)
-    batched_bytes = estimate_peak_bytes(net, params, tasks, F.cross_entropy, "batched", 4, steps=2, inner_lr=0.3)
+    batched_bytes = estimate_peak_bytes(net, params, tasks, F.cross_entropy, "batched", None, steps=2, inner_lr=0.3)
     assert loop_bytes > 0 and batched_bytes > 0
     # the estimate scales a sub-batch's saved graph to all tasks: check it against the whole batch's graph
     _, whole = graph_bytes(lambda: meta_loss(net, params, tasks, F.cross_entropy, steps=2, inner_lr=0.3,
@@ -89,10 +90,10 @@ def test_memory_check_excludes_what_would_not_fit():
     with pytest.warns(UserWarning, match="no strategy fits"):
         choice = choose_strategy(net, params, tasks, F.cross_entropy, steps=2, inner_lr=0.3, repeats=1,
                                  memory_budget=budget)
-    smallest = "loop" if loop_bytes <= batched_bytes else "batched4"
+    smallest = "loop" if loop_bytes <= batched_bytes else "batched"
     assert choice.name == smallest
     assert all("would not fit" in why for k, why in choice.excluded.items() if k != "vmap")
-    bigger = "batched4" if smallest == "loop" else "loop"
+    bigger = "batched" if smallest == "loop" else "loop"
     budget = int((loop_bytes + batched_bytes) / 2)  # only the smaller fits: the bigger never runs
     choice = choose_strategy(net, params, tasks, F.cross_entropy, steps=2, inner_lr=0.3, repeats=1,
                              memory_budget=budget)
@@ -103,7 +104,7 @@ def test_requested_strategies_and_the_fallback_reason():
     net, tasks = _conv_net(), _conv_tasks()
     params = dict(net.named_parameters())
     assert choose_strategy(net, params, tasks, F.cross_entropy, requested="loop").name == "loop"
-    assert choose_strategy(net, params, tasks, F.cross_entropy, requested="batched").name == "batched4"
+    assert choose_strategy(net, params, tasks, F.cross_entropy, requested="batched").name == "batched"
     with pytest.raises(ValueError, match="functorch"):
         choose_strategy(net, params, tasks, F.cross_entropy, requested="vmap")
     uncovered = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4 * 10 * 10, 3))
