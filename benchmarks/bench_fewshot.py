@@ -23,7 +23,8 @@ for the backward; ``estimate_mb`` is what ``choose_strategy``'s memory check wou
 Keys: ``fewshot_{omniglot|mini}_{candidate}_s_per_iter``, ``fewshot_{setting}_{candidate}_speedup`` (loop time /
 candidate time), ``fewshot_{setting}_auto_s_per_iter``/``_auto_speedup``, ``maml_conv4_{omniglot|mini}_{peer}
 _s_per_iter``, ``maml_conv4_{setting}_speedup_vs_{peer}`` (peer time / auto time),
-``fewshot_mini5shot_{candidate}_{peak|graph|estimate}_mb``, ``fewshot_threads``, ``fewshot_on_cuda``.
+``fewshot_mini5shot_{candidate}_{peak|graph|estimate}_mb``, ``fewshot_omniglot_{loop|vmap|batched}_fo_s_per_iter``
+and ``_fo_speedup`` (first order, where vmap is valid), ``fewshot_threads``, ``fewshot_on_cuda``.
 
     python benchmarks/bench_fewshot.py [--quick]
 """
@@ -45,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers  # noqa: E402
 from nbmodule.meta import choose_strategy, meta_loss  # noqa: E402
+from nbmodule.meta.batched import compile_batched  # noqa: E402
 from nbmodule.meta.strategy import estimate_peak_bytes, graph_bytes  # noqa: E402
 from nbmodule.models import build_model  # noqa: E402
 from nbmodule.profiling import BenchResults, interleaved_seconds  # noqa: E402
@@ -111,7 +113,9 @@ def compare(key: str, setting: tuple, device, res: BenchResults, *, repeats: int
         return lambda: (model.zero_grad(set_to_none=True),
                         peers.META_STEPS[name](model, tasks, F.cross_entropy, steps, lr))
 
-    fns = {"loop": engine("loop"), "batched": engine("batched"), f"batched{T}": engine("batched", T)}
+    fns = {"loop": engine("loop"), "batched": engine("batched")}
+    if compile_batched(model).auto_chunk(tasks[0], tasks[2]) != T:  # all tasks in one call, for reference
+        fns[f"batched{T}"] = engine("batched", T)
     if choice.name not in fns:
         fns[choice.name] = engine(choice)
     fns.update({n: peer(n) for n in names})
@@ -138,6 +142,31 @@ def compare(key: str, setting: tuple, device, res: BenchResults, *, repeats: int
         f"(its probe: {', '.join(f'{k} {v:.3g} s' for k, v in choice.medians_s.items())})")
     print(f"[bench_fewshot] {key}: " + ", ".join(f"{k} {v:.3f} s" for k, v in sorted(times.items(), key=lambda kv: kv[1]))
           + f"; auto = {choice.name}")
+
+
+def first_order(res: BenchResults, device, *, repeats: int, warmup: int, quick: bool) -> None:
+    """Omniglot, first order: where vmap is valid too (the docstring of nbmodule.meta.maml cites this)."""
+    shape, hidden, n_way, k_shot, k_query, T, steps, lr = SETTINGS["omniglot"]
+    if quick:
+        T = 2
+    model = make_model(shape, hidden, n_way, device)
+    tasks = make_tasks(shape, n_way, k_shot, k_query, T, device)
+
+    def engine(strategy):
+        def step():
+            model.zero_grad(set_to_none=True)
+            meta_loss(model, dict(model.named_parameters()), tasks, F.cross_entropy, steps=steps, inner_lr=lr,
+                      first_order=True, strategy=strategy)[0].backward()
+        return step
+
+    times = {k: statistics.median(v) for k, v in interleaved_seconds(
+        {s: engine(s) for s in ("loop", "vmap", "batched")}, device, repeats=repeats, warmup=warmup).items()}
+    for k, v in times.items():
+        res[f"fewshot_omniglot_{k}_fo_s_per_iter"] = v
+    for k in ("vmap", "batched"):
+        res.ratio(f"fewshot_omniglot_{k}_fo_speedup", "fewshot_omniglot_loop_fo_s_per_iter",
+                  f"fewshot_omniglot_{k}_fo_s_per_iter")
+    print("[bench_fewshot] omniglot first order: " + ", ".join(f"{k} {v:.3f} s" for k, v in times.items()))
 
 
 def _rss_kb(field: str) -> int:
@@ -177,7 +206,7 @@ def measure_memory(strategy: str, chunk: int | None, device_name: str = "cpu") -
 
 def memory(res: BenchResults, device) -> None:
     T = MEMORY[5]
-    cands = {"loop": ("loop", None), "batched": ("batched", None), f"batched{T}": ("batched", T)}
+    cands = {"loop": ("loop", None), "batched": ("batched", None)}
     for name, (strategy, chunk) in cands.items():
         if device.type == "cuda":
             out = measure_memory(strategy, chunk, "cuda")
@@ -208,6 +237,7 @@ def run(quick: bool = False) -> BenchResults:
     repeats, warmup = (1, 1) if quick else (3, 1)
     for key, setting in SETTINGS.items():
         compare(key, setting, device, res, repeats=repeats, warmup=warmup, quick=quick)
+    first_order(res, device, repeats=repeats, warmup=warmup, quick=quick)
     if not quick:
         memory(res, device)
     return res

@@ -3,9 +3,10 @@
 Each module defines ``run(quick: bool = False)`` returning a :class:`nbmodule.profiling.BenchResults`: flat
 ``key -> number`` results, every ratio made with ``BenchResults.ratio`` from two timings reported beside it
 (the tests check ``ratio == numerator / denominator``), ``{bench}_threads`` (the torch thread count it was
-measured with) and ``notes`` (the protocol in words). The harness runs them one after another in this
-process with ``NBM_BENCH_THREADS`` torch threads (default 2), and restores torch's global state (threads,
-grad mode, default dtype, backend flags) after each, saying which entries a benchmark had changed.
+measured with) and ``notes`` (the protocol in words). ``make bench`` runs each in a fresh process (nothing a
+benchmark changes, torch's settings or the allocator's, reaches the next) with ``NBM_BENCH_THREADS`` torch
+threads (default 2); :func:`run_module`, the in-process runner (tests), restores torch's global state
+(threads, grad mode, default dtype, backend flags) after the module and says which entries it had changed.
 
 results.json: the numbers by key (speed is tracked by name across commits), ``_notes`` (each benchmark's
 protocol), ``_bench_keys`` (which keys each benchmark wrote: a rerun of one benchmark replaces exactly
@@ -19,7 +20,9 @@ import importlib.util
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -70,7 +73,34 @@ def run_module(path: Path, quick: bool) -> BenchResults:
     return results
 
 
+def run_isolated(path: Path, quick: bool) -> BenchResults:
+    """:func:`run_module` in a fresh Python process (its output streams through); results come back as JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "results.json"
+        cmd = [sys.executable, __file__, "--worker", str(path), str(out)] + (["--quick"] if quick else [])
+        subprocess.run(cmd, check=True)
+        data = json.loads(out.read_text())
+    res = BenchResults(data["results"])
+    res.ratios = {k: tuple(v) for k, v in data["ratios"].items()}
+    res.notes = data["notes"]
+    res.leaked = data["leaked"]
+    return res
+
+
+def _worker(path: str, out: str, quick: bool) -> int:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("NBM_BENCH_THREADS", "2")))
+    res = run_module(Path(path), quick)
+    Path(out).write_text(json.dumps({"results": dict(res), "ratios": res.ratios, "notes": res.notes,
+                                     "leaked": res.leaked}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return _worker(argv[1], argv[2], "--quick" in argv)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", help="substrings of benchmark module names")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (checks the harness, not speed)")
@@ -79,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     threads = int(os.environ.get("NBM_BENCH_THREADS", "2"))
-    torch.set_num_threads(threads)
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.is_file() else {}
     merged = dict(old) if args.only else {}  # a full run starts afresh: no stale keys
@@ -91,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {path.stem}", flush=True)
         start = time.perf_counter()
         try:
-            results = run_module(path, args.quick)
+            results = run_isolated(path, args.quick)
         except Exception:
             traceback.print_exc()
             failed.append(path.stem)

@@ -89,6 +89,10 @@ def test_harness_restores_a_leaked_thread_count(tmp_path, monkeypatch):
         assert torch.get_num_threads() == 1 and torch.is_grad_enabled()
     assert sorted(res.leaked) == ["grad_enabled", "threads"]
     assert res["leaky_speedup"] == 2.0
+    with torch_threads(1):  # make bench's way: a fresh process per benchmark, results back with their ratios
+        iso = bench_run.run_isolated(leaky, quick=True)
+        assert torch.get_num_threads() == 1 and torch.is_grad_enabled()
+    assert iso == res and iso.ratios == {"leaky_speedup": ("a_s", "b_s")} and sorted(iso.leaked) == sorted(res.leaked)
 
 
 def test_restore_global_state_names_what_changed():

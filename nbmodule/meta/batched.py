@@ -582,7 +582,7 @@ class BatchedProgram:
         sizes = [self.bytes_per_task.get((tuple(x.shape[1:]), x.dtype)) for x in (xs, xq)]
         if None in sizes:
             return None
-        return max(1, min(T, CHUNK_BYTES // max(1, *sizes)))
+        return max(1, min(T, CHUNK_BYTES[_RETAINING] // max(1, *sizes)))
 
 
 _PROGRAMS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, BatchedProgram | Unsupported]]" = \
@@ -627,8 +627,10 @@ def per_task_losses(loss_fn: Callable[[Tensor, Tensor], Tensor], out: Tensor, y:
 
 # --- MAML on top of the program ------------------------------------------------------------------------------
 #: On a CPU, a batched call holds at most this many bytes in its largest tensor (usually the im2col columns of
-#: the second convolution), so each call's working set stays near the caches.
-CHUNK_BYTES = 16 * 2**20
+#: the second convolution): 96 MB once :func:`retain_freed_memory` is in effect (fewer, larger products win:
+#: all 32 Omniglot tasks in one call; MiniImagenet's 67 MB query maps one task per call), 16 MB otherwise
+#: (larger fresh blocks are mapped anew by glibc on every call and pay a page fault per 4 KB).
+CHUNK_BYTES = {True: 96 * 2**20, False: 16 * 2**20}
 
 
 def _chunk_slices(prog: BatchedProgram, xs: Tensor, xq: Tensor, chunk: int | None):
