@@ -119,7 +119,8 @@ def compare(key: str, setting: tuple, device, res: BenchResults, *, repeats: int
     if choice.name not in fns:
         fns[choice.name] = engine(choice)
     fns.update({n: peer(n) for n in names})
-    times = {k: statistics.median(v) for k, v in interleaved_seconds(fns, device, repeats=repeats, warmup=warmup).items()}
+    seconds = interleaved_seconds(fns, device, repeats=repeats, warmup=warmup)
+    times = {k: statistics.median(v) for k, v in seconds.items()}
     model.zero_grad(set_to_none=True)
 
     for k, v in times.items():
@@ -134,14 +135,15 @@ def compare(key: str, setting: tuple, device, res: BenchResults, *, repeats: int
     res[f"fewshot_{key}_auto_s_per_iter"] = times[choice.name]
     res.ratio(f"fewshot_{key}_auto_speedup", loop, f"fewshot_{key}_auto_s_per_iter")
     for n in names:
-        res.ratio(f"maml_conv4_{key}_speedup_vs_{n}", f"maml_conv4_{key}_{n}_s_per_iter", f"fewshot_{key}_auto_s_per_iter")
+        res.ratio(f"maml_conv4_{key}_speedup_vs_{n}", f"maml_conv4_{key}_{n}_s_per_iter",
+                  f"fewshot_{key}_auto_s_per_iter")
     res.notes[f"fewshot_{key}"] = (
         f"Conv4 {shape[1]}x{shape[2]}x{shape[0]}, {hidden} filters, {n_way}-way {k_shot}-shot, {k_query} queries per "
         f"class, meta-batch {T}, {steps} inner steps of {lr}, second order; {device}, {torch.get_num_threads()} "
         f"threads; {repeats} interleaved rounds after {warmup} warm-up, medians; auto picked {choice.name} "
         f"(its probe: {', '.join(f'{k} {v:.3g} s' for k, v in choice.medians_s.items())})")
-    print(f"[bench_fewshot] {key}: " + ", ".join(f"{k} {v:.3f} s" for k, v in sorted(times.items(), key=lambda kv: kv[1]))
-          + f"; auto = {choice.name}")
+    ranked = sorted(times.items(), key=lambda kv: kv[1])
+    print(f"[bench_fewshot] {key}: " + ", ".join(f"{k} {v:.3f} s" for k, v in ranked) + f"; auto = {choice.name}")
 
 
 def first_order(res: BenchResults, device, *, repeats: int, warmup: int, quick: bool) -> None:

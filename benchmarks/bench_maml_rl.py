@@ -148,7 +148,8 @@ def _run(quick: bool) -> BenchResults:
     print(f"[maml_rl] rollout with stacked weights {t_sample * 1e3:.1f} ms vs vmap(functional_call) "
           f"{t_sample_vmap * 1e3:.1f} ms -> {res['maml_rl_nav2d_rollout_speedup']:.1f}x; inner update in one "
           f"backward {t_inner * 1e3:.1f} ms vs per-task loop {t_inner_loop * 1e3:.1f} ms -> "
-          f"{res['maml_rl_nav2d_inner_update_speedup']:.1f}x; TRPO exact HVP {t_trpo:.2f} s vs cheap {t_trpo_cheap:.2f} s")
+          f"{res['maml_rl_nav2d_inner_update_speedup']:.1f}x; TRPO exact HVP {t_trpo:.2f} s vs cheap "
+          f"{t_trpo_cheap:.2f} s")
 
     try:
         from nbmodule.rl.cheetah import available_samplers

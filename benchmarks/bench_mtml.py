@@ -107,7 +107,8 @@ def run(quick: bool = False) -> BenchResults:
             _, st = meta_train(cfg, RunDir(tmp), "timed", model, ["seg", "depth", "edges"], data, device=device,
                                progress=False)
         res["mtml_meta_step_img_s"] = steps * 4 * 2 * n / st["train_s"]
-        res.notes["mtml"] = (f"{backbone} at {size[0]}x{size[1]}, batch {n}, {device}, {torch.get_num_threads()} threads, "
+        res.notes["mtml"] = (f"{backbone} at {size[0]}x{size[1]}, batch {n}, {device}, "
+                             f"{torch.get_num_threads()} threads, "
                              f"median of {repeats} timings of {inner} steps; torch_channels_last_* = PyTorch's "
                              f"channels_last format, not used by the engine")
         print(f"mtml: meta-training {res['mtml_meta_step_img_s']:.1f} img/s (4 subsets x support+query)")

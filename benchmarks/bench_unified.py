@@ -59,7 +59,8 @@ def run(quick: bool = False) -> BenchResults:
     res["unified_latency_size"] = float(size)
     res["unified_latency_ms"] = base
     res["torch_channels_last_unified_latency_ms"] = cl
-    res.ratio("torch_channels_last_unified_latency_speedup", "unified_latency_ms", "torch_channels_last_unified_latency_ms")
+    res.ratio("torch_channels_last_unified_latency_speedup", "unified_latency_ms",
+              "torch_channels_last_unified_latency_ms")
     ips = _train_img_per_s(model, device, train_size, batch, steps, channels_last=False)
     ips_cl = _train_img_per_s(model, device, train_size, batch, steps, channels_last=True)
     res["unified_train_img_per_s"] = ips

@@ -293,7 +293,7 @@ class BatchedProgram:
             if isinstance(m, nn.LayerNorm):
                 return self._compile_layernorm(node, m)
             if isinstance(m, _ELEMENTWISE_MODULES) or (isinstance(m, nn.Dropout) and (m.p == 0 or not m.training)):
-                if _is_relu(node, self.modules) and len(_users(node)) == 1 and _is_maxpool(_users(node)[0], self.modules):
+                if self._relu_then_pool(node):
                     return self._compile_pool_relu(node, _users(node)[0], done)
                 f = copy.copy(m)
                 if hasattr(f, "inplace"):
@@ -315,6 +315,10 @@ class BatchedProgram:
         raise Unsupported(f"graph node {node.op} {node.target}")
 
     # --- rewrites
+    def _relu_then_pool(self, node: fx.Node) -> bool:
+        users = _users(node)
+        return _is_relu(node, self.modules) and len(users) == 1 and _is_maxpool(users[0], self.modules)
+
     def _bn_chain(self, conv: fx.Node) -> list[fx.Node]:
         """``conv -> BatchNorm2d(batch stats) [-> ReLU] [-> MaxPool2d] [-> ReLU]``, each the only user of the
         previous: the nodes after ``conv``, or [] when the pattern does not apply."""
@@ -351,7 +355,8 @@ class BatchedProgram:
         if m.bias is not None:
             self.unused.append(bname)  # batch norm removes any per-channel constant
         eps = bn.eps
-        pool_args = None if pool is None else (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+        pool_args = None if pool is None else (pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                                               pool.ceil_mode)
         done.update(n.name for n in chain)
 
         def step(env: dict, cx: _Ctx) -> None:
@@ -496,7 +501,7 @@ class BatchedProgram:
     def _compile_function(self, node: fx.Node, done: set[str]) -> None:
         f = node.target
         if f in _ELEMENTWISE_FUNCTIONS:
-            if _is_relu(node, self.modules) and len(_users(node)) == 1 and _is_maxpool(_users(node)[0], self.modules):
+            if self._relu_then_pool(node):
                 return self._compile_pool_relu(node, _users(node)[0], done)
             kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}
             args = tuple(a for a in node.args[1:] if not isinstance(a, bool))  # drop a positional inplace=True

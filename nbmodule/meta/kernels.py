@@ -65,7 +65,8 @@ def im2col(x: Tensor, geo: Geometry) -> Tensor:
     ow = conv_output_size(w, k[1], stride[1], pad[1], dil[1])
     sn, sh, sw, sc = x.stride()
     # one strided gather instead of kh * kw slice copies: a (N, OH, OW, kh, kw, C) view of the padded input
-    patches = x.as_strided((n, oh, ow, k[0], k[1], c), (sn, sh * stride[0], sw * stride[1], sh * dil[0], sw * dil[1], sc))
+    patches = x.as_strided((n, oh, ow, k[0], k[1], c),
+                           (sn, sh * stride[0], sw * stride[1], sh * dil[0], sw * dil[1], sc))
     return patches.reshape(n, oh, ow, k[0] * k[1] * c)
 
 

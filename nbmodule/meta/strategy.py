@@ -18,7 +18,6 @@ exclusions, threads, device, shapes) is :meth:`StrategyChoice.to_dict`, for the 
 from __future__ import annotations
 
 import statistics
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
