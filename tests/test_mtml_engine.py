@@ -87,6 +87,22 @@ def test_stored_images_too_small_for_the_encoder_are_refused(tmp_path):
         mtml.load_splits(Config.from_values({}), root)
 
 
+def test_a_damaged_file_is_named(tmp_path):
+    from data_prep.registry import prepare
+
+    from nbmodule.data.nyuv2 import DatasetDamagedError
+
+    root = prepare("nyuv2", tmp_path / "d", synthetic=True, scale="smoke", counts={"train": 2, "val": 1, "test": 1},
+                   size=(32, 40))
+    s = mtml.load_splits(Config.from_values({"cache": False}), root)
+    bad = sorted((root / "depth").glob("*.npy"))[0]
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated
+    with pytest.raises(DatasetDamagedError, match=f"{bad.name} cannot be read.*python -m data_prep nyuv2 --force"):
+        for data in (s.train, s.val, s.test):
+            for i in range(len(data)):
+                data[i]
+
+
 def test_holdout_validation_is_carved_out_of_train_and_disjoint_from_test(tiny_data):
     from nbmodule.engines.mtml.data import frame_ids
 
@@ -337,10 +353,12 @@ def test_changed_settings_on_a_run_folder_are_refused_naming_the_field(tiny, tmp
 def test_meta_test_learns_the_held_out_task_from_a_trained_model(tiny, tmp_path):
     ctx = RunContext.create(**CPU)
     execute("mtml", Config.from_values({**TINY, "mode": "meta-train"}), RunDir(tmp_path, "meta"), ctx)
-    model = tmp_path / "meta" / "checkpoints" / "mtml.pt"
-    m = execute("mtml", Config.from_values({**TINY, "mode": "meta-test", "init_model": str(model)}),
-                RunDir(tmp_path, "mt"), ctx)
+    m = execute("mtml", Config.from_values({**TINY, "mode": "meta-test", "init_model": str(tmp_path / "meta")}),
+                RunDir(tmp_path, "mt"), ctx)  # a run folder with one model names it
     assert math.isfinite(m["meta_test_normals_mean"]) and m["meta_test_finetune_lr"] in TINY["finetune_lrs"]
+    with pytest.raises(ConfigError, match="run folder with 2 checkpoints .*lr0.001.pt"):
+        execute("mtml", Config.from_values({**TINY, "mode": "test", "init_model": str(tmp_path / "mt")}),
+                RunDir(tmp_path, "t"), ctx)
 
 
 class _Evil:

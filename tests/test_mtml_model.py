@@ -60,6 +60,8 @@ def test_pretrained_weights_fall_back_to_random_offline_and_say_so(monkeypatch):
 
     import torchvision
 
+    from nbmodule.models import mtl
+
     real = torchvision.models.mobilenet_v3_small
 
     def offline(weights=None, **kw):
@@ -69,6 +71,7 @@ def test_pretrained_weights_fall_back_to_random_offline_and_say_so(monkeypatch):
         return real(weights=None, **kw)
 
     monkeypatch.setattr(torchvision.models, "mobilenet_v3_small", offline)
+    monkeypatch.setattr(mtl, "_UNAVAILABLE", {})
     torch.manual_seed(0)
     with pytest.warns(UserWarning, match="ImageNet weights of mobilenet_v3_small unavailable.*URLError"):
         a = build_model("mtl", tasks={"seg": 3}, backbone="mobilenet_v3_small", pretrained=True, head_width=8)
@@ -76,3 +79,8 @@ def test_pretrained_weights_fall_back_to_random_offline_and_say_so(monkeypatch):
     b = build_model("mtl", tasks={"seg": 3}, backbone="mobilenet_v3_small", pretrained=False, head_width=8)
     assert a.encoder_weights == "random" and "random weights" in a.encoder.weights_note
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    calls = []
+    monkeypatch.setattr(torchvision.models, "mobilenet_v3_small", lambda **kw: calls.append(kw) or real(**kw))
+    with pytest.warns(UserWarning, match="URLError"):  # the failure is remembered: no second download attempt
+        build_model("mtl", tasks={"seg": 3}, backbone="mobilenet_v3_small", pretrained=True, head_width=8)
+    assert calls == [{"weights": None}]

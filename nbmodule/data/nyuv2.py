@@ -28,11 +28,27 @@ from torch.utils.data import Dataset
 
 from .paths import DatasetNotFoundError, dataset_dir
 
-__all__ = ["TASKS", "IGNORE_INDEX", "NYUDv2", "detect_layout", "load_label13_png", "resize_sample", "finish_sample",
-           "num_classes_of"]
+__all__ = ["TASKS", "IGNORE_INDEX", "NYUDv2", "DatasetDamagedError", "detect_layout", "load_label13_png",
+           "resize_sample", "finish_sample", "num_classes_of", "read_file"]
 
 TASKS = ("seg", "depth", "normals", "edges")
 IGNORE_INDEX = 255
+
+
+class DatasetDamagedError(OSError):
+    """A file of a prepared dataset is missing or cannot be decoded; the message names it."""
+
+
+def read_file(path: Path, read, dataset: str = "nyuv2"):
+    """``read(path)``, or :class:`DatasetDamagedError` naming the file and the way to rebuild the dataset (a
+    truncated ``.npy`` or image otherwise fails deep inside numpy or Pillow without a path)."""
+    try:
+        return read(path)
+    except (OSError, ValueError, EOFError) as err:
+        what = "is missing" if isinstance(err, FileNotFoundError) else \
+            f"cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        raise DatasetDamagedError(f"{path} {what}: the prepared dataset is damaged; rebuild it with "
+                                  f"`python -m data_prep {dataset} --force` (add --synthetic for generated data)") from None
 
 
 def detect_layout(root: str | Path) -> str:
@@ -152,34 +168,39 @@ class NYUDv2(Dataset):
         from PIL import Image
 
         name, r = self.ids[index], self.root
-        img = np.array(Image.open(r / "images" / f"{name}.jpg").convert("RGB"), dtype=np.float32) / 255.0
+
+        def image(path: Path, mode: str | None = None) -> np.ndarray:
+            with Image.open(path) as im:
+                return np.array(im.convert(mode) if mode else im)
+
+        img = read_file(r / "images" / f"{name}.jpg", lambda p: image(p, "RGB")).astype(np.float32) / 255.0
         out = {"image": torch.from_numpy(img).permute(2, 0, 1).contiguous()}
         if "seg" in self.tasks:
-            lab = torch.from_numpy(np.array(Image.open(r / "segmentation" / f"{name}.png"), dtype=np.int64))
+            lab = torch.from_numpy(read_file(r / "segmentation" / f"{name}.png", image).astype(np.int64))
             # NYUD_MT: 0 unlabeled, 1..40 classes -> 0..39, 255 ignore
             out["seg"] = torch.where(lab == 0, torch.full_like(lab, IGNORE_INDEX), lab - 1)
         if "depth" in self.tasks:
-            dep = np.load(r / "depth" / f"{name}.npy").astype(np.float32)
+            dep = read_file(r / "depth" / f"{name}.npy", np.load).astype(np.float32)
             out["depth"] = torch.from_numpy(np.nan_to_num(dep, nan=0.0)).reshape(1, *dep.shape[:2])
         if "normals" in self.tasks:
-            nrm = np.nan_to_num(np.load(r / "normals" / f"{name}.npy").astype(np.float32))
+            nrm = np.nan_to_num(read_file(r / "normals" / f"{name}.npy", np.load).astype(np.float32))
             out["normals"] = torch.from_numpy(nrm).permute(2, 0, 1).contiguous()
         if "edges" in self.tasks:
-            edge = np.load(r / "edge" / f"{name}.npy").astype(np.float32)
+            edge = read_file(r / "edge" / f"{name}.npy", np.load).astype(np.float32)
             out["edges"] = torch.from_numpy((edge > 0.5).astype(np.float32)).reshape(1, *edge.shape[:2])
         return out
 
     def _load_mtan(self, index: int) -> dict[str, torch.Tensor]:
         i, base = self.ids[index], self.root / self.split
-        img = np.load(base / "image" / f"{i}.npy").astype(np.float32)
+        img = read_file(base / "image" / f"{i}.npy", np.load, "nyuv2_13").astype(np.float32)
         out = {"image": torch.from_numpy(np.moveaxis(img, -1, 0).copy())}
         if "seg" in self.tasks:
-            lab = torch.from_numpy(np.load(base / "label" / f"{i}.npy")).long()
+            lab = torch.from_numpy(read_file(base / "label" / f"{i}.npy", np.load, "nyuv2_13")).long()
             out["seg"] = torch.where(lab < 0, torch.full_like(lab, IGNORE_INDEX), lab)
         if "depth" in self.tasks:
-            dep = np.load(base / "depth" / f"{i}.npy").astype(np.float32)
+            dep = read_file(base / "depth" / f"{i}.npy", np.load, "nyuv2_13").astype(np.float32)
             out["depth"] = torch.from_numpy(dep.reshape(1, *dep.shape[:2]))
         if "normals" in self.tasks:
-            nrm = np.load(base / "normal" / f"{i}.npy").astype(np.float32)
+            nrm = read_file(base / "normal" / f"{i}.npy", np.load, "nyuv2_13").astype(np.float32)
             out["normals"] = torch.from_numpy(np.moveaxis(nrm, -1, 0).copy())
         return out

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .nyuv2 import IGNORE_INDEX, TASKS, finish_sample
+from .nyuv2 import IGNORE_INDEX, TASKS, finish_sample, read_file
 from .paths import DatasetNotFoundError, dataset_dir
 
 __all__ = ["Taskonomy", "NUM_CLASSES", "DEPTH_UNIT"]
@@ -32,7 +32,11 @@ _NAME = re.compile(r"(point_\d+_view_\d+)_domain_rgb\.png$")
 def _png(path: Path) -> np.ndarray:
     from PIL import Image
 
-    return np.array(Image.open(path))
+    def read(p: Path) -> np.ndarray:
+        with Image.open(p) as im:
+            return np.array(im)
+
+    return read_file(path, read, "taskonomy")
 
 
 class Taskonomy(Dataset):

@@ -28,6 +28,8 @@ __all__ = ["BACKBONES", "DenseEncoder", "DenseHead", "MultiTaskNet", "build_mtl"
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large")
 _MEAN = (0.485, 0.456, 0.406)
+#: backbone -> why its ImageNet weights could not be had (downloads are tried once per process)
+_UNAVAILABLE: dict[str, str] = {}
 _STD = (0.229, 0.224, 0.225)
 
 
@@ -50,11 +52,14 @@ class DenseEncoder(nn.Module):
         self.weights, self.weights_note = "random", ""
         rng = torch.get_rng_state()
         try:
+            if pretrained and backbone in _UNAVAILABLE:  # failed before in this process: do not wait again
+                raise OSError(_UNAVAILABLE[backbone])
             net = ctor(weights="DEFAULT" if pretrained else None, **kwargs)
             self.weights = "imagenet" if pretrained else "random"
         except (OSError, RuntimeError) as err:  # URLError is an OSError; a corrupt download a RuntimeError
             first = str(err).splitlines()[0] if str(err) else ""
-            self.weights_note = (f"ImageNet weights of {backbone} unavailable ({type(err).__name__}: {first}); "
+            _UNAVAILABLE.setdefault(backbone, f"{type(err).__name__}: {first}")
+            self.weights_note = (f"ImageNet weights of {backbone} unavailable ({_UNAVAILABLE[backbone]}); "
                                  "the encoder starts from random weights")
             warnings.warn(self.weights_note, stacklevel=2)
             torch.set_rng_state(rng)  # the same random initialisation as pretrained=False

@@ -66,7 +66,7 @@ class MtmlConfig(StudyConfig):
     finetune_steps: int = Field(gt=0, le=10_000_000)
     finetune_lrs: list[Rate] = Field(min_length=1, max_length=8)  # each start tuned over these on validation
     finetune_encoder: bool
-    init_model: str                    # meta-test / test: <run folder>/checkpoints/<phase>.pt of an mtml run
+    init_model: str                    # meta-test / test: an mtml run folder with one model, or its checkpoint
     # evaluation and checkpoints
     eval_every: int = Field(gt=0, le=10_000_000)
     eval_batches: int = Field(ge=0, le=100_000)

@@ -321,11 +321,18 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_trained(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of a finished phase checkpoint (``<run folder>/checkpoints/<phase>.pt``) and the config it was
-    trained with. Loaded with ``weights_only=True``: a file holding anything but tensors and plain values (a
+def load_trained(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any], Path]:
+    """The model of a finished phase checkpoint (``<run folder>/checkpoints/<phase>.pt``, or a run folder holding
+    exactly one) and the config it was trained with. Loaded with ``weights_only=True``: a file holding anything but tensors and plain values (a
     crafted pickle) is refused without running it."""
     path = Path(path).expanduser()
+    if path.is_dir():  # a run folder: its one finished model, or a list to choose from
+        found = sorted(p for p in (path / "checkpoints").glob("*.pt") if not p.name.endswith(".prev.pt"))
+        if len(found) != 1:
+            names = ", ".join(p.name for p in found) or "none"
+            raise ConfigError(f"init_model {str(path)!r} is a run folder with {len(found)} checkpoints ({names}); "
+                              "name one file: init_model=<folder>/checkpoints/<phase>.pt")
+        path = found[0]
     if not path.is_file():
         raise ConfigError(f"init_model {str(path)!r}: no such file; a trained model is "
                           "<run folder>/checkpoints/<phase>.pt of an mtml run (e.g. checkpoints/mtml.pt)")
@@ -344,4 +351,4 @@ def load_trained(path: str | Path, device: torch.device) -> tuple[nn.Module, dic
     spec = dict(state["spec"])
     model = build_model("mtl", **spec)
     model.load_state_dict(state["model"])
-    return model.to(device), dict(blob.get("config") or {})
+    return model.to(device), dict(blob.get("config") or {}), path

@@ -215,8 +215,8 @@ def run(cfg: MtmlConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, Any]:
     the run folder (see :mod:`nbmodule.engines.mtml`) and return the metrics."""
     init: nn.Module | None = None
     if cfg.mode in ("meta-test", "test"):  # before any data work: a bad or unsafe model file fails at once
-        init, trained = load_trained(cfg.init_model, ctx.device)
-        _check_same_data(cfg, trained, cfg.init_model)
+        init, trained, init_path = load_trained(cfg.init_model, ctx.device)
+        _check_same_data(cfg, trained, str(init_path))
     got = prepare_data(cfg, ctx.data)
     splits = load_splits(cfg, got.path)
     st = _Study(cfg, run_dir, ctx, splits)
@@ -243,7 +243,7 @@ def run(cfg: MtmlConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, Any]:
         missing = [t for t in init.tasks if t not in cfg.tasks]
         if missing:
             raise ConfigError(f"init_model {cfg.init_model} predicts {missing}, which tasks {cfg.tasks} lacks")
-        st.heldout({"meta_test": init}, check={"init_model_sha256": file_sha256(cfg.init_model)})
+        st.heldout({"meta_test": init}, check={"init_model_sha256": file_sha256(init_path)})
     else:  # test
         assert init is not None
         missing = [t for t in init.tasks if t not in cfg.tasks]
