@@ -139,6 +139,14 @@ def _initial_policy(env: MetaEnv, cfg: MamlRLConfig, seed: int, device: torch.de
     return policy.to(device)
 
 
+# A (env, method, seed) checkpoint does not depend on which other seeds, environments or baselines a run holds.
+_PAIR_NEUTRAL = frozenset({"seeds", "envs", "baselines"})
+
+
+def _pair_checkpointer(run: RunDir, name: str, cfg: MamlRLConfig) -> Any:
+    return run.checkpointer(name, config=cfg, neutral=cfg.NEUTRAL | _PAIR_NEUTRAL)
+
+
 def _params(policy: GaussianMLPPolicy) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in policy.named_parameters()}
 
@@ -152,7 +160,7 @@ def train_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, met
     settings = cfg.settings()
     theta = _params(policy)
     gen = torch.Generator().manual_seed(1_000_003 * seed + 7919 * _METHOD_SALT[method] + 101 * ENV_NAMES.index(env.name))
-    ck = run.checkpointer(f"{env.name}_{method}_s{seed}", config=cfg)
+    ck = _pair_checkpointer(run, f"{env.name}_{method}_s{seed}", cfg)
     state = ck.load()
     rows: list[dict[str, Any]] = []
     acc: dict[str, float] = {}
@@ -195,7 +203,7 @@ def evaluate_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, 
     "seconds"}``."""
     import time
 
-    ck = run.checkpointer(f"{env.name}_eval_{method}_s{seed}", config=cfg)
+    ck = _pair_checkpointer(run, f"{env.name}_eval_{method}_s{seed}", cfg)
     state = ck.load()
     if state is not None and int(state["trained"]) == trained:
         return state

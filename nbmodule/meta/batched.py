@@ -5,10 +5,12 @@ The loop path of :func:`nbmodule.meta.meta_loss` runs each task's network on its
 (``torch.fx``) into a program over a leading task dim:
 
 * a convolution with per-task weights is channels-last patch extraction plus one batched matrix product
-  over tasks (``bmm``: one large GEMM per task); with shared weights it is one ordinary convolution over all
-  images;
+  over tasks (``bmm``: one large GEMM per task); where a task's output maps are large (MiniImagenet's 84x84
+  query images, :data:`NATIVE_ROWS`) it is the library's convolution task by task; with shared weights it is
+  one ordinary convolution over all images;
 * a linear layer with per-task weights is ``baddbmm`` over tasks;
-* batch norm with batch statistics normalises each task with its own statistics;
+* batch norm with batch statistics normalises each task with its own statistics (followed by max-pooling:
+  one fused function whose backward works on the pooled entries only);
 * parameter-free per-sample layers (ReLU, max-pool, flatten...) run once on all images.
 
 Everything is differentiated by plain autograd (the custom functions in :mod:`nbmodule.meta.kernels` have
@@ -19,12 +21,15 @@ maxpool(sign(g) * xhat) + b`` with ``sign(g)`` folded into the convolution's wei
 equivariant to a per-channel sign); a convolution bias right before batch norm has no effect on the output
 (its gradient is exactly zero) and is skipped.
 
-Covered: ``Conv2d`` (groups=1, zero padding), ``Linear``, ``BatchNorm1d/2d`` with batch statistics
-(``track_running_stats=False``, or training mode... see :class:`Unsupported`) or frozen running statistics
-(eval mode), ``LayerNorm``, and parameter-free per-sample modules and functions (activations, max/avg
-pools, flatten, dropout with p=0 or in eval mode, ``+ - * /``), in any module whose forward ``torch.fx``
-can trace. Anything else raises :class:`Unsupported` with the reason; :func:`nbmodule.meta.meta_loss`
-then falls back to the loop and warns.
+Tasks run in chunks (``chunk`` tasks per call; by default as many as keep the largest tensor of a call within
+:data:`CHUNK_BYTES`). Covered: ``Conv2d`` (groups=1, zero padding, any kernel/stride/padding/dilation),
+``Linear``, ``BatchNorm1d`` (on ``(N, F)``) / ``BatchNorm2d`` with batch statistics
+(``track_running_stats=False``) or frozen running statistics (eval mode), ``LayerNorm``, and
+parameter-free per-sample modules and functions (activations, max/avg pools, flatten, ``x.view(x.size(0),
+-1)``, dropout with p=0 or in eval mode, ``+ - * /`` between activations or with numbers), in any module
+whose forward ``torch.fx`` can trace. Anything else (a batch norm updating running statistics in place,
+grouped convolutions, GroupNorm, data-dependent control flow...) raises :class:`Unsupported` with the reason;
+:func:`nbmodule.meta.meta_loss` then falls back to the loop and warns.
 """
 from __future__ import annotations
 

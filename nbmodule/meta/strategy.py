@@ -4,11 +4,12 @@ The candidates compute the same meta-gradient (tests check it) and differ only i
 
 * ``loop``: one task at a time (always valid, the reference);
 * ``vmap``: ``torch.func.vmap`` over tasks (not for second order through batch norm: functorch #534);
-* ``batched``: the task-batched program of :mod:`nbmodule.meta.batched`, in chunks of ``chunk`` tasks
+* ``batched``: the task-batched program of :mod:`nbmodule.meta.batched`, tasks per call sized by memory
   (only for models it covers; otherwise excluded with the reason).
 
-Protocol: every candidate's peak memory is first estimated on a small sub-batch (bytes autograd keeps for the
-backward, scaled to the full meta-batch; on a GPU also ``max_memory_allocated``) and candidates that would not
+Protocol: on a CPU, :func:`nbmodule.meta.batched.retain_freed_memory` first (the allocator training will run
+with). Every candidate's peak memory is then estimated on a small sub-batch (twice the bytes autograd keeps
+for the backward, scaled to the full meta-batch: :func:`estimate_peak_bytes`) and candidates that would not
 fit in ``memory_fraction`` of the free memory are excluded before they ever run at full size. The rest run
 one full meta-iteration each (meta-loss and meta-gradient, no optimiser step) in interleaved rounds, the order
 rotating every round: ``warmup`` untimed rounds, then ``repeats`` timed rounds; the pick is the lowest median,
