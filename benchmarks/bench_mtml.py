@@ -5,7 +5,7 @@ One training step = forward of the shared encoder and the four heads, the four l
 process, same weights and batch, warm-up first, median of repeats:
 
 * on a GPU (the gpu profile's setting, ResNet-50 at 288x384, batch 8): ``fp32`` against ``amp`` (float16
-  autocast + GradScaler, as ``MTMLConfig.amp``), ``torch.cuda.synchronize()`` around each timing;
+  autocast + GradScaler, as ``MtmlConfig.amp``), ``torch.cuda.synchronize()`` around each timing;
 * on a CPU (the cpu profile's setting, MobileNet-v3-small at 60x80, batch 8, 2 threads; ``quick``: 48x64,
   batch 4, 1 thread): contiguous ``fp32`` (how the engine trains) against the ``channels_last`` memory
   format, a PyTorch measurement (no engine uses channels_last): its keys start with ``torch_channels_last_``.
@@ -23,9 +23,10 @@ import tempfile
 
 import torch
 
-from nbmodule.engines.mtml import MTMLConfig, RunDir, meta_train, task_loss
+from nbmodule.engines.mtml import MtmlConfig, meta_train, task_loss
 from nbmodule.models import build_model
 from nbmodule.profiling import BenchResults, median_seconds
+from nbmodule.runs import RunDir
 
 TASKS = {"seg": 40, "depth": 1, "normals": 3, "edges": 1}
 
@@ -101,9 +102,10 @@ def run(quick: bool = False) -> BenchResults:
         data = [{k: v[i].cpu() for k, v in batch.items()} for i in range(n)]
         with tempfile.TemporaryDirectory() as tmp:
             steps = 1 if quick else 4
-            cfg = MTMLConfig(batch_size=n, meta_steps=1, eval_every=1, checkpoint_every=1000, backbone=backbone)
+            common = dict(batch_size=n, eval_every=1, checkpoint_every=1000, backbone=backbone, min_subset=2)
+            cfg = MtmlConfig.from_values({**common, "meta_steps": 1}, source="bench_mtml")
             meta_train(cfg, RunDir(tmp), "warm", model, ["seg", "depth", "edges"], data, device=device, progress=False)
-            cfg = MTMLConfig(batch_size=n, meta_steps=steps, eval_every=1, checkpoint_every=1000, backbone=backbone)
+            cfg = MtmlConfig.from_values({**common, "meta_steps": steps}, source="bench_mtml")
             _, st = meta_train(cfg, RunDir(tmp), "timed", model, ["seg", "depth", "edges"], data, device=device,
                                progress=False)
         res["mtml_meta_step_img_s"] = steps * 4 * 2 * n / st["train_s"]

@@ -70,9 +70,10 @@ def default_notebooks_dir() -> Path:
 
 
 def find_notebooks(folder: str | Path, only: Sequence[str] = ()) -> list[Path]:
-    """The numbered notebooks ``NN_*.ipynb`` in order, restricted to the ``only`` prefixes if given."""
+    """The numbered notebooks ``NN_*.ipynb`` in order, restricted to the ``only`` prefixes if given. The
+    results notebook (``NN_results``) runs last whatever its number: it reads the other notebooks' run folders."""
     folder = Path(folder)
-    books = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    books = sorted(folder.glob("[0-9][0-9]_*.ipynb"), key=lambda p: (p.stem.endswith("_results"), p.name))
     if not books:
         raise SuiteError(f"no numbered notebooks (NN_*.ipynb) in {folder}")
     if only:
@@ -265,7 +266,7 @@ def run_suite(profile: str = "cpu", *, only: Sequence[str] = (), out: str | Path
         output = out / nb.name
         result = _run_one(nb, nb_params, output, folder, timeout)
         result.profile, result.finished = profile, time.strftime("%Y-%m-%dT%H:%M:%S")
-        if result.status == "ok" and nb.stem.startswith("06"):
+        if result.status == "ok" and nb.stem.endswith("_results"):
             summary["report"] = _export_report(output, out / nb.stem)
         this_run.append(nb.stem)
         if result.status != "ok":

@@ -110,7 +110,9 @@ def test_real_profiles_file_is_consistent():
     for profile in suite.PROFILE_NAMES:
         suite.plan(books, profile, profiles, {}, Path("/tmp/unused"))
     assert {b.stem for b in books} >= {"00_data", "01_models", "02_sequential_replay", "03_mtml",
-                                       "04_maml_sampling", "05_maml_fewshot", "06_results"}
+                                       "04_maml_sampling", "05_maml_fewshot", "06_results", "07_maml_rl"}
+    # the results notebook reads every study's run folder, so it runs after all of them (07 included)
+    assert books[-1].stem == "06_results" and [b.stem for b in books[:-1]] == sorted(b.stem for b in books[:-1])
 
 
 def test_summary_keeps_the_history_of_other_notebooks(books, tmp_path):

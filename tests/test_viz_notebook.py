@@ -35,7 +35,8 @@ def test_notebook_06_shows_every_study_and_exports_html(tmp_path):
     folder = runs / "06_results"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["studies_with_runs"] == 4
-    assert all(metrics[f"figures_{k}"] >= 1 for k in ("02", "03", "04", "05", "benchmarks"))
+    assert all(metrics[f"figures_{k}"] >= 1 for k in ("replay", "mtml", "maml_sampling", "fewshot", "benchmarks"))
+    assert metrics["figures_maml_rl"] == 0  # no RL run among the fake folders: nothing drawn, nothing invented
     pngs = {p.name for p in folder.glob("*.png")}
     assert {"02_stage_table.png", "03_mtml_heldout.png", "04_curves.png", "05_fewshot_accuracy.png",
             "benchmarks.png"} <= pngs
