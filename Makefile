@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,rl,bench]"
 	touch $@
 
 # Debian's chromium for the explorer's browser test (the test skips, saying why, where it cannot be had).

@@ -43,7 +43,7 @@ def reference(model, tasks, steps, lr, first_order):
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-@pytest.mark.parametrize("strategy", ["loop", "grouped"])
+@pytest.mark.parametrize("strategy", ["loop", "batched"])
 def test_meta_gradient_matches_reference_loop(strategy, first_order, one_thread):
     torch.manual_seed(0)
     model = build_fewshot_model(cfg_of(hidden=6), (1, 28, 28)).double()
@@ -316,3 +316,22 @@ def test_run_folder_files_are_loaded_with_weights_only(finished, tmp_path):
     with pytest.raises(Exception, match="no readable checkpoint"):
         train(cfg, {"train": _split(10, size=28), "val": _split(10, size=28)}, bad, progress=False)
     assert not target.exists()
+
+
+def test_auto_strategy_is_measured_recorded_and_never_slower_than_the_loop(data_root, tmp_path, one_thread):
+    """strategy=auto meta-trains with what nbmodule.meta.choose_strategy measured on a real meta-batch (the
+    batched path is a candidate for Conv4) and records the measurement in strategy.json; a short run skips it."""
+    splits = fewshot.load_splits(cfg_of(**TINY), data_root / "synthetic" / "omniglot")
+    cfg = cfg_of(**{**TINY, "strategy": "auto", "meta_iterations": 2})
+    model = build_fewshot_model(cfg, splits["train"].image_shape)
+    choice = fewshot.choose_strategy("auto", model, splits["train"], cfg, torch.device("cpu"), repeats=2,
+                                     probe_min_iterations=1)
+    assert {"loop", "batched"} <= set(choice.medians_s) and all(v > 0 for v in choice.medians_s.values())
+    assert choice.medians_s[choice.name] <= choice.medians_s["loop"]
+    short = fewshot.choose_strategy("auto", model, splits["train"], cfg, torch.device("cpu"))
+    assert short.name == "loop" and not short.medians_s and "no measurement" in short.protocol["not_measured"]
+
+    run = RunDir(tmp_path, "05_maml_fewshot")
+    result = train(cfg, splits, run, progress=False)
+    record = json.loads((run.path / "strategy.json").read_text())
+    assert record["name"] == result.strategy == "loop" and record["requested"] == "auto"

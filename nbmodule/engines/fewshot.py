@@ -32,7 +32,9 @@ Run folder (``<out>/05_maml_fewshot/``)::
     metrics.json                  {setting}_acc, {setting}_ci95 (percent), omniglot_lake20_error (+ _ci95,
                                   percent), omniglot_lake20_overlap_images, synthetic (1: synthetic data),
                                   fewshot_train_s, fewshot_eval_s, fewshot_s_per_iter,
-                                  fewshot_probe_{strategy}_s_per_iter (strategy="auto" only)
+                                  fewshot_probe_{strategy}_s_per_iter (strategy="auto", measured runs only)
+    strategy.json                 how the tasks of a meta-batch ran: the choice, each candidate's timings and
+                                  estimated peak memory, what was excluded and why, the protocol
     data.json                     which data was used (real or synthetic, from where, why), the splits' sizes
     evaluation.json               the protocols, per-episode test accuracies, Lake per-run errors or why not
     example_episode.pt            one test episode (uint8 images, labels, predictions): the episode figure
@@ -62,16 +64,15 @@ from pydantic import Field
 from ..config import ConfigError, StudyConfig
 from ..data.fewshot import (FewShotSplit, LakeRuns, episode_to_float, load_lake_runs, miniimagenet_splits,
                             omniglot_splits)
-from ..meta import meta_loss, resolve_strategy
+from ..meta import StrategyChoice, meta_loss
 from ..metrics import mean_confidence_interval
 from ..models import build_model
-from ..models.conv4 import conv4_forward_tasks
 from ..progress import progress_bar
 from ..runs import RunContext, RunDir, atomic_write_bytes
 
 __all__ = ["NAME", "Config", "FewShotConfig", "FewShotData", "TrainResult", "STRATEGIES", "setting_name",
            "obtain_data", "load_splits", "check_splits", "lake_overlap", "build_fewshot_model",
-           "grouped_meta_loss", "task_losses", "choose_strategy", "train", "evaluate", "predict", "lake20_error",
+           "task_losses", "choose_strategy", "train", "evaluate", "predict", "lake20_error",
            "expand_head", "evaluate_study", "run"]
 
 NAME = "fewshot"
@@ -108,7 +109,7 @@ class FewShotConfig(StudyConfig):
     eval_every: int = Field(ge=1)                             # validation period (meta-iterations)
     log_every: int = Field(ge=1)                              # training-curve period (meta-iterations)
     checkpoint_every: int = Field(ge=1)                       # checkpoint period (meta-iterations)
-    strategy: Literal["auto", "loop", "vmap", "grouped"]      # how the tasks of a meta-batch run
+    strategy: Literal["auto", "loop", "vmap", "batched"]      # how the tasks of a meta-batch run
     lake_eval: bool                                           # score Lake et al.'s 20 one-shot runs (Omniglot)
 
 
@@ -205,79 +206,44 @@ def build_fewshot_model(cfg: FewShotConfig, image_shape: tuple[int, int, int]) -
                        image_size=image_shape[1])
 
 
-# --- the meta-objective: nbmodule.meta's loop/vmap, or the task-batched ("grouped") Conv4 -------------------
-STRATEGIES = ("loop", "vmap", "grouped")
-
-
-def grouped_meta_loss(model: nn.Module, params: dict[str, torch.Tensor], tasks: tuple[torch.Tensor, ...], *,
-                      steps: int, inner_lr: float, first_order: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MAML's objective for a :class:`~nbmodule.models.conv4.Conv4`, all T tasks in one task-batched forward.
-
-    The same math as :func:`nbmodule.meta.meta_loss` (mean over tasks of the query cross-entropy after
-    ``steps`` inner SGD steps on each support set), but tasks run as groups of grouped convolutions with
-    plain autograd, so second-order meta-gradients through BatchNorm are exact (vmap's are not, see
-    ``nbmodule.meta``). Returns ``(loss, per_task_losses (T,) detached, query_logits (T, Q, N) detached)``.
-    """
-    xs, ys, xq, yq = tasks
-    T = xs.shape[0]
-    blocks = len(getattr(model, "features", [])) // 4 or 4
-    names = list(params)
-    p = [params[k].unsqueeze(0).expand(T, *params[k].shape) for k in names]  # per-task views of the meta params
-    for _ in range(steps):
-        logits = conv4_forward_tasks(dict(zip(names, p)), xs, blocks=blocks)  # (T, S, N)
-        # sum over tasks of each task's mean support loss: task t's gradient is exactly its own
-        support = F.cross_entropy(logits.flatten(0, 1), ys.flatten(), reduction="sum") / ys.shape[1]
-        grads = torch.autograd.grad(support, p, create_graph=not first_order)
-        p = [w - inner_lr * g for w, g in zip(p, grads)]
-    logits = conv4_forward_tasks(dict(zip(names, p)), xq, blocks=blocks)  # (T, Q, N)
-    per_task = F.cross_entropy(logits.flatten(0, 1), yq.flatten(), reduction="none").view(T, -1).mean(1)
-    return per_task.mean(), per_task.detach(), logits.detach()
+# --- the meta-objective: nbmodule.meta's strategies (loop, vmap, batched) and its measured choice -------------
+STRATEGIES = ("loop", "vmap", "batched")
 
 
 def task_losses(model: nn.Module, params: dict[str, torch.Tensor], tasks: tuple[torch.Tensor, ...], *, steps: int,
-                inner_lr: float, first_order: bool, strategy: str
+                inner_lr: float, first_order: bool, strategy: "str | StrategyChoice"
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, per_task_losses, query_logits)`` with ``strategy`` in :data:`STRATEGIES`."""
-    if strategy == "grouped":
-        return grouped_meta_loss(model, params, tasks, steps=steps, inner_lr=inner_lr, first_order=first_order)
+    """``(loss, per_task_losses, query_logits)``: :func:`nbmodule.meta.meta_loss` with the cross-entropy;
+    ``strategy`` in :data:`STRATEGIES` or a :class:`~nbmodule.meta.StrategyChoice`."""
     return meta_loss(model, params, tasks, F.cross_entropy, steps=steps, inner_lr=inner_lr, first_order=first_order,
                      strategy=strategy, return_outputs=True)
 
 
 def choose_strategy(requested: str, model: nn.Module, split: FewShotSplit, cfg: FewShotConfig,
-                    device: torch.device, *, repeats: int = 2, probe_min_iterations: int = 200
-                    ) -> tuple[str, dict[str, float]]:
-    """The strategy to meta-train with and the seconds per meta-iteration measured for each candidate.
+                    device: torch.device, *, repeats: int = 5, warmup: int = 1,
+                    probe_min_iterations: int = 200) -> StrategyChoice:
+    """The strategy to meta-train with: :func:`nbmodule.meta.choose_strategy` on a real meta-batch.
 
-    ``requested != "auto"`` is used as given. ``"auto"`` times one meta-iteration (after a warm-up) of every
-    valid candidate (loop, grouped, and vmap for first-order MAML) on a real meta-batch and keeps the
-    fastest, so training is never slower than the loop on the device it runs on. Runs shorter than
-    ``probe_min_iterations`` skip the probe and take the loop on a CPU (fastest or within noise of it in
-    ``benchmarks/bench_fewshot.py``) and the grouped path on a GPU."""
-    if requested != "auto":
-        if requested == "vmap":
-            resolve_strategy("vmap", model, device, first_order=cfg.first_order)  # raises where vmap is wrong
-        return requested, {}
-    if cfg.meta_iterations < probe_min_iterations:
-        return ("loop" if device.type == "cpu" else "grouped"), {}
-    cands = ["loop", "grouped"] + (["vmap"] if cfg.first_order else [])
+    ``requested != "auto"`` is used as given (``batched`` falls back to the loop, saying why, for a model it
+    does not cover; ``vmap`` raises where its meta-gradient would be wrong). ``"auto"`` checks each valid
+    candidate's memory, then times full meta-iterations of those that fit in interleaved rounds (``warmup``
+    untimed, ``repeats`` timed, lowest median wins), so training is never slower than the loop on the machine
+    it runs on. Runs shorter than ``probe_min_iterations`` skip the measurement (it would cost more than it
+    saves): the loop on a CPU, the batched path (where it covers the model) on a GPU."""
+    from ..meta import choose_strategy as measure
+
     ep = split.sample(cfg.meta_batch_size, cfg.n_way, cfg.k_shot, cfg.k_query, torch.Generator().manual_seed(123))
     tasks = episode_to_float(ep.to(device))
-    times = {}
-    for strat in cands:
-        ts = []
-        for _ in range(repeats + 1):  # the first run warms up (cudnn autotuning, allocations)
-            _sync(device)
-            t0 = time.perf_counter()
-            loss, _, _ = task_losses(model, _params(model), tasks, steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
-                                     first_order=cfg.first_order, strategy=strat)
-            loss.backward()
-            _sync(device)
-            ts.append(time.perf_counter() - t0)
-        model.zero_grad(set_to_none=True)
-        times[strat] = float(np.median(ts[1:]))
-    return min(times, key=times.get), times
+    kw = dict(steps=cfg.inner_steps, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
+    params = _params(model)
+    if requested == "auto" and cfg.meta_iterations < probe_min_iterations:
+        fallback = "loop" if device.type == "cpu" else "batched"
+        choice = measure(model, params, tasks, F.cross_entropy, requested=fallback, **kw)
+        choice.requested = "auto"
+        choice.protocol["not_measured"] = (f"{cfg.meta_iterations} meta-iterations < {probe_min_iterations}: no "
+                                           f"measurement, {fallback} on a {device.type.upper()}")
+        return choice
+    return measure(model, params, tasks, F.cross_entropy, requested=requested, repeats=repeats, warmup=warmup, **kw)
 
 
 def _sync(device: torch.device) -> None:
@@ -295,12 +261,7 @@ def predict(model: nn.Module, tasks: tuple[torch.Tensor, ...], *, steps: int, in
     """Adapt to each task's support set (``steps`` steps, no meta-gradient) and return the query logits
     ``(T, Q, N)`` and per-task query losses ``(T,)``."""
     p = params if params is not None else _params(model, detach=True)
-    if strategy == "grouped":  # plain autograd needs a graph for the inner gradients
-        with torch.enable_grad():
-            p = {k: v.detach().requires_grad_() for k, v in p.items()}
-            _, losses, logits = grouped_meta_loss(model, p, tasks, steps=steps, inner_lr=inner_lr, first_order=True)
-        return logits, losses
-    with torch.no_grad():
+    with torch.no_grad():  # every strategy takes its inner gradients with autograd on, keeping nothing
         _, losses, logits = meta_loss(model, p, tasks, F.cross_entropy, steps=steps, inner_lr=inner_lr,
                                       first_order=True, strategy=strategy, return_outputs=True)
     return logits, losses
@@ -375,10 +336,10 @@ class TrainResult:
 
 def _eval_strategy(cfg: FewShotConfig, device: torch.device) -> str:
     # evaluation is first order (no meta-gradient): the task-batched path measured 1.1-2x the loop for Omniglot
-    # on a CPU, 0.8x for MiniImagenet's 84x84 images there
+    # on a CPU, 0.8x for MiniImagenet's 84x84 images there (benchmarks/bench_fewshot.py)
     if cfg.strategy != "auto":
         return cfg.strategy
-    return "grouped" if device.type != "cpu" or cfg.dataset == "omniglot" else "loop"
+    return "batched" if device.type != "cpu" or cfg.dataset == "omniglot" else "loop"
 
 
 def _init_model(cfg: FewShotConfig, image_shape: tuple[int, int, int], device: torch.device) -> nn.Module:
@@ -441,7 +402,9 @@ def train(cfg: FewShotConfig, data: FewShotData | dict[str, FewShotSplit], run: 
 
     strategy, probe = "", {}
     if start < cfg.meta_iterations:
-        strategy, probe = choose_strategy(cfg.strategy, model, splits["train"], cfg, device)
+        choice = choose_strategy(cfg.strategy, model, splits["train"], cfg, device)
+        strategy, probe = choice.name, dict(choice.medians_s)
+        run.write_json("strategy.json", choice.to_dict())  # what was measured, how, and what was excluded
         clock[0] = time.perf_counter()
         val_acc = validate(0) if start == 0 else state["val_rows"][-1]["val_acc"] if state["val_rows"] else float("nan")
         bar = progress_bar(total=cfg.meta_iterations, initial=start, desc=f"MAML {name}", enabled=progress)
@@ -450,7 +413,7 @@ def train(cfg: FewShotConfig, data: FewShotData | dict[str, FewShotSplit], run: 
             t0 = time.perf_counter()
             ep = splits["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.k_shot, cfg.k_query, sampler).to(device)
             loss, _, logits = task_losses(model, _params(model), episode_to_float(ep), steps=cfg.inner_steps,
-                                          inner_lr=cfg.inner_lr, first_order=cfg.first_order, strategy=strategy)
+                                          inner_lr=cfg.inner_lr, first_order=cfg.first_order, strategy=choice)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
