@@ -499,7 +499,7 @@ def evaluate_study(cfg: FewShotConfig, model: nn.Module, data: FewShotData, run:
     model.eval()
     accs, losses = evaluate(model, splits["test"], cfg, episodes=cfg.eval_episodes, device=device,
                             generator=torch.Generator().manual_seed(cfg.seed + 2), strategy=strategy)
-    mean, ci = mean_confidence_interval(accs * 100)
+    mean, ci = mean_confidence_interval(accs * 100, z=1.96)  # normal interval over episodes, as MAML
     metrics: dict[str, Any] = {f"{name}_acc": mean, f"{name}_ci95": ci, "synthetic": int(data.synthetic)}
     lake: dict[str, Any] = {"reported": False, "errors": None, "overlap_images": None}
     if cfg.dataset != "omniglot":
@@ -526,7 +526,7 @@ def evaluate_study(cfg: FewShotConfig, model: nn.Module, data: FewShotData, run:
             err, per_run = lake20_error(model, data.lake, steps=cfg.inner_steps_test, inner_lr=cfg.inner_lr,
                                         device=device, strategy=strategy)
             metrics["omniglot_lake20_error"] = err
-            metrics["omniglot_lake20_error_ci95"] = mean_confidence_interval(per_run)[1]
+            metrics["omniglot_lake20_error_ci95"] = mean_confidence_interval(per_run, z=1.96)[1]
             lake.update(reported=True, errors=per_run.tolist(), reason="meta-trained on the background alphabets "
                         f"only; none of the runs' {n_images} images is among the meta-training or validation images")
     example = _example_episode(model, splits["test"], cfg, device, strategy)

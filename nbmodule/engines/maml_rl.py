@@ -24,7 +24,7 @@ on the same folder continues where an interrupted one stopped and ends with the 
 Run folder (``<out>/07_maml_rl/``):
 
 ``metrics.json``
-    per environment ``E`` and step ``k`` (means over seeds; ``_ci95``: half-width of the normal 95% interval
+    per environment ``E`` and step ``k`` (means over seeds; ``_ci95``: half-width of the Student-t 95% interval
     over seeds, null with one seed): ``E_return_{k}step`` (MAML), ``E_pretrained_return_{k}step``,
     ``E_random_return_{k}step``, each with ``_ci95``; timings ``maml_rl_s_per_iter`` (one MAML meta-iteration,
     mean over environments and seeds) split into ``maml_rl_sampling_s_per_iter``, ``maml_rl_inner_s_per_iter``

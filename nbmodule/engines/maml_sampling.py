@@ -17,7 +17,7 @@ Run folder (``<out>/04_maml_sampling/`` from either door):
 ``config.json``
     the study, the config, device, versions.
 ``metrics.json``
-    per regime (mean over seeds; ``_ci95``: half-width of the normal 95% interval over seeds, null with
+    per regime (mean over seeds; ``_ci95``: half-width of the Student-t 95% interval over seeds, null with
     one seed): ``{regime}_mse_0step``, ``{regime}_mse_1step``, ``{regime}_mse_10step`` (test grid),
     ``{regime}_heldout_mse_1step``, ``{regime}_heldout_mse_10step`` (600 held-out tasks), each with a
     ``_ci95`` companion; ``{regime}_s_per_iter`` (training wall time per meta-iteration).

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..metrics import ci95_factor
 from .plots import FigureSpec, draw_curves, new_figure, num
 from .rundata import read_curves, read_metrics_file
 
@@ -44,11 +45,11 @@ def _seed_means(per_seed: Mapping[str, list[list[float]]]) -> np.ndarray:
 
 
 def _mean_ci(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over seeds (axis 0) and the normal 95% half-width (NaN with one seed), as ``metrics.json``."""
+    """Mean over seeds (axis 0) and the Student-t 95% half-width (NaN with one seed), as ``metrics.json``."""
     mean = values.mean(0)
     if values.shape[0] < 2:
         return mean, np.full_like(mean, np.nan)
-    return mean, 1.96 * values.std(0, ddof=1) / math.sqrt(values.shape[0])
+    return mean, ci95_factor(values.shape[0]) * values.std(0, ddof=1) / math.sqrt(values.shape[0])
 
 
 def results_table(run_dir: str | Path) -> pd.DataFrame:

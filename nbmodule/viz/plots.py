@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..metrics import ci95_factor
 from .rundata import Smoothing, aggregate_seeds
 
 __all__ = ["FigureSpec", "when_present", "num", "new_figure", "run_palette", "plot_curves", "draw_curves", "figure_png", "table_html"]
@@ -64,7 +65,7 @@ def draw_curves(ax, df: pd.DataFrame, metric: str, x: str, runs: Sequence[str] |
                 palette: Mapping[str, tuple] | None = None, band: str = "std") -> list[str]:
     """Draw ``metric`` against ``x`` on ``ax``, one line per run (mean over seeds) with a band.
 
-    ``band``: ``"std"`` (mean ± one standard deviation over seeds), ``"ci95"`` (± 1.96 std/√n) or
+    ``band``: ``"std"`` (mean ± one standard deviation over seeds), ``"ci95"`` (± t(0.975, n-1) std/√n) or
     ``"none"``. Returns the runs actually drawn (those with at least one point).
     """
     agg = aggregate_seeds(df, x, metric, smoothing, window)
@@ -84,7 +85,8 @@ def draw_curves(ax, df: pd.DataFrame, metric: str, x: str, runs: Sequence[str] |
         if band != "none" and seeds > 1:
             half = g["std"].to_numpy(dtype=float)
             if band == "ci95":
-                half = 1.96 * half / np.sqrt(g["n"].to_numpy(dtype=float))
+                n = g["n"].to_numpy(dtype=float)
+                half = np.array([ci95_factor(k) for k in n]) * half / np.sqrt(n)
             ax.fill_between(xs, mean - half, mean + half, color=color, alpha=0.2, linewidth=0)
         drawn.append(run)
     if logy:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from ..metrics import ci95_factor
+
 __all__ = ["X_COLUMNS", "KEY_COLUMNS", "find_studies", "overview", "list_curves", "read_curves", "read_metrics_file",
            "x_columns", "metric_columns", "smooth", "aggregate_seeds", "lower_is_better", "final_values"]
 
@@ -188,6 +190,6 @@ def final_values(df: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
         n = len(vals)
         std = float(vals.std(ddof=1)) if n > 1 else float("nan")
         rows.append({"run": run, f"final_{x}": last[x].max(), "mean": float(vals.mean()), "std": std,
-                     "ci95": 1.96 * std / np.sqrt(n) if n > 1 else float("nan"), "seeds": n,
+                     "ci95": ci95_factor(n) * std / np.sqrt(n) if n > 1 else float("nan"), "seeds": n,
                      "best": float(g[metric].min() if lower else g[metric].max())})
     return pd.DataFrame(rows, columns=["run", f"final_{x}", "mean", "std", "ci95", "seeds", "best"])
