@@ -104,23 +104,19 @@ def test_fast_matching_count_equals_the_minimum_cost_assignment():
 
 @pytest.mark.timeout(300)
 def test_a_full_size_boundary_map_is_scored_at_all():
-    """A 480x640 map of Voronoi boundaries with a blurred response and a smooth background (NYUD-like): its
-    thinned maps make layered graphs on which scipy's maximum_bipartite_matching takes exponential time
-    (scipy issue #26147; this map did not return within minutes). The flow-based count returns, and a
-    response centred on the true boundaries scores well."""
-    rng = np.random.default_rng(0)
-    h, w = 480, 640
-    seeds = rng.random((40, 2)) * [h, w]
-    yy, xx = np.mgrid[0:h, 0:w]
-    label = np.argmin((yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2, axis=-1)
-    edge = np.zeros((h, w), dtype=bool)
-    edge[:, :-1] |= label[:, 1:] != label[:, :-1]
-    edge[:-1, :] |= label[1:, :] != label[:-1, :]
-    soft = ndimage.gaussian_filter(edge.astype(float), 1.5)
-    background = ndimage.gaussian_filter(rng.random((h, w)), 6)
-    background = (background - background.min()) / (background.max() - background.min())
-    prob = np.clip(rng.uniform(0.6, 1.0) * soft / soft.max() + 0.15 * background, 0.0, 1.0)
-    scores = boundary_scores([prob], [edge.astype(np.float64)])
+    """A 480x640 map of Voronoi boundaries with a blurred response and a smooth background (NYUD-like, the
+    benchmark's first map): its thinned maps make layered graphs on which scipy's maximum_bipartite_matching
+    takes exponential time (scipy issue #26147; this map did not return within minutes). The flow-based count
+    returns, and a response centred on the true boundaries scores well."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_boundary.py"
+    spec = importlib.util.spec_from_file_location("_bench_boundary_maps", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    prob, edge = bench.make_pair(np.random.default_rng(0), 480, 640)
+    scores = boundary_scores([prob], [edge])
     assert 0.8 < scores["ods_f"] <= 1.0 and scores["ois_f"] >= scores["ods_f"] - 1e-12
 
 
