@@ -8,7 +8,6 @@ import torch
 from nbmodule.data.fewshot import (ClassArrays, FewShotSplit, episode_to_float, maml_omniglot_split,
                                    omniglot_splits, save_class_arrays)
 from nbmodule.models import build_model, count_parameters
-from nbmodule.models.conv4 import conv4_forward_tasks
 
 
 def _split(n_classes=10, per_class=6, size=8, rotations=False):
@@ -107,15 +106,3 @@ def test_conv4_shapes_and_batchnorm_has_no_state(in_ch, hidden, size, n_way, fea
     # 4 conv blocks with bias, BN affine, head
     conv = sum(hidden * c * 9 + hidden + 2 * hidden for c in [in_ch, hidden, hidden, hidden])
     assert count_parameters(model) == conv + features * n_way + n_way
-
-
-def test_conv4_task_batched_forward_matches_per_task():
-    torch.manual_seed(0)
-    model = build_model("conv4", in_channels=1, n_way=5, hidden=8, image_size=28)
-    T = 3
-    params = {k: v.detach() + 0.1 * torch.randn(T, *v.shape) for k, v in model.named_parameters()}
-    x = torch.rand(T, 6, 1, 28, 28)
-    out = conv4_forward_tasks(params, x)
-    for t in range(T):
-        ref = torch.func.functional_call(model, {k: v[t] for k, v in params.items()}, (x[t],))
-        torch.testing.assert_close(out[t], ref, rtol=1e-4, atol=1e-5)

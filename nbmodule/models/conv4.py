@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import register_model
 
-__all__ = ["Conv4", "conv4", "conv4_forward_tasks"]
+__all__ = ["Conv4", "conv4"]
 
 
 class Conv4(nn.Module):
@@ -50,24 +49,3 @@ def conv4(in_channels: int = 1, n_way: int = 5, hidden: int = 64, image_size: in
     """``build_model("conv4", in_channels=1, n_way=5, hidden=64, image_size=28)`` (Omniglot defaults);
     MiniImagenet: ``in_channels=3, hidden=32, image_size=84``."""
     return Conv4(in_channels, n_way, hidden, image_size, blocks)
-
-
-def conv4_forward_tasks(params: dict[str, torch.Tensor], x: torch.Tensor, *, blocks: int = 4,
-                        eps: float = 1e-5) -> torch.Tensor:
-    """Conv4 for T tasks at once, each with its own parameters: a task-batched functional forward.
-
-    ``params``: the names of :class:`Conv4`'s ``named_parameters()`` with a leading task dim T
-    (``features.0.weight: (T, 64, C, 3, 3)``...); ``x``: (T, B, C, H, W) -> logits (T, B, n_way).
-    Tasks become groups of a grouped convolution (channels ``t * C + c``), so BatchNorm's per-channel batch
-    statistics are exactly per-task statistics, and plain autograd (not vmap) differentiates it to any order.
-    """
-    T, B = x.shape[:2]
-    h = x.transpose(0, 1).reshape(B, T * x.shape[2], *x.shape[3:])  # (B, T*C, H, W)
-    for i in range(blocks):
-        w = params[f"features.{4 * i}.weight"]  # (T, Co, Ci, 3, 3)
-        h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), params[f"features.{4 * i}.bias"].reshape(-1), padding=1, groups=T)
-        h = F.batch_norm(h, None, None, params[f"features.{4 * i + 1}.weight"].reshape(-1),
-                         params[f"features.{4 * i + 1}.bias"].reshape(-1), training=True, eps=eps)
-        h = F.max_pool2d(F.relu(h), 2)
-    feats = h.reshape(B, T, -1)  # per task: (Co, s, s) flattened, as Conv4's flatten(1)
-    return torch.einsum("btf,tnf->tbn", feats, params["head.weight"]) + params["head.bias"].unsqueeze(1)
