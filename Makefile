@@ -17,7 +17,7 @@ export NBM_MIRROR
 .PHONY: install test run bench smoke browser clean help
 
 help:
-	@echo "make install   create $(VENV)/ and install the project with its test extras"
+	@echo "make install   create $(VENV)/ and install the project with its test, rl and bench extras"
 	@echo "make test      run the tests (pytest), including every notebook in the smoke profile"
 	@echo "make run       run the whole notebook suite in the '$(PROFILE)' profile on offline data"
 	@echo "make bench     run benchmarks/ and write benchmarks/results.json"

@@ -65,6 +65,7 @@ from ..config import ConfigError, StudyConfig
 from ..data.fewshot import (FewShotSplit, LakeRuns, episode_to_float, load_lake_runs, miniimagenet_splits,
                             omniglot_splits)
 from ..meta import StrategyChoice, meta_loss
+from ..meta import choose_strategy as measure_strategy
 from ..metrics import mean_confidence_interval
 from ..models import build_model
 from ..progress import progress_bar
@@ -230,20 +231,19 @@ def choose_strategy(requested: str, model: nn.Module, split: FewShotSplit, cfg: 
     untimed, ``repeats`` timed, lowest median wins), so training is never slower than the loop on the machine
     it runs on. Runs shorter than ``probe_min_iterations`` skip the measurement (it would cost more than it
     saves): the loop on a CPU, the batched path (where it covers the model) on a GPU."""
-    from ..meta import choose_strategy as measure
-
     ep = split.sample(cfg.meta_batch_size, cfg.n_way, cfg.k_shot, cfg.k_query, torch.Generator().manual_seed(123))
     tasks = episode_to_float(ep.to(device))
     kw = dict(steps=cfg.inner_steps, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
     params = _params(model)
     if requested == "auto" and cfg.meta_iterations < probe_min_iterations:
         fallback = "loop" if device.type == "cpu" else "batched"
-        choice = measure(model, params, tasks, F.cross_entropy, requested=fallback, **kw)
+        choice = measure_strategy(model, params, tasks, F.cross_entropy, requested=fallback, **kw)
         choice.requested = "auto"
         choice.protocol["not_measured"] = (f"{cfg.meta_iterations} meta-iterations < {probe_min_iterations}: no "
                                            f"measurement, {fallback} on a {device.type.upper()}")
         return choice
-    return measure(model, params, tasks, F.cross_entropy, requested=requested, repeats=repeats, warmup=warmup, **kw)
+    return measure_strategy(model, params, tasks, F.cross_entropy, requested=requested, repeats=repeats, warmup=warmup,
+                            **kw)
 
 
 def _sync(device: torch.device) -> None:
@@ -335,8 +335,9 @@ class TrainResult:
 
 
 def _eval_strategy(cfg: FewShotConfig, device: torch.device) -> str:
-    # evaluation is first order (no meta-gradient): the task-batched path measured 1.1-2x the loop for Omniglot
-    # on a CPU, 0.8x for MiniImagenet's 84x84 images there (benchmarks/bench_fewshot.py)
+    # evaluation is first order (no meta-gradient): for Omniglot on a CPU the batched path measured 0.270 s per
+    # meta-batch against the loop's 0.431 s (benchmarks/bench_fewshot.py, fewshot_omniglot_*_fo_s_per_iter);
+    # MiniImagenet's first-order evaluation is not benchmarked on a CPU, so it keeps the loop there
     if cfg.strategy != "auto":
         return cfg.strategy
     return "batched" if device.type != "cpu" or cfg.dataset == "omniglot" else "loop"
