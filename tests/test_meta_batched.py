@@ -65,6 +65,18 @@ def test_conv4_meta_gradient_equals_the_loop(dataset, steps, first_order):
     _assert_same(model, tasks, steps=steps, inner_lr=lr, first_order=first_order, chunk=1)
 
 
+@pytest.mark.parametrize("first_order", [False, True], ids=["second_order", "first_order"])
+def test_strided_conv4_of_mamls_omniglot_code_matches_the_loop(first_order):
+    """MAML's Omniglot network (stride-2 convs, no pooling, mean over the last 2x2 maps) on the batched path."""
+    torch.manual_seed(0)
+    model = Conv4(1, 5, 8, 28, downsample="stride").to(D)
+    with torch.no_grad():
+        for i in (1, 4, 7, 10):
+            model.features[i].weight.uniform_(-1.5, 1.5)
+    assert model(torch.rand(3, 1, 28, 28, dtype=D)).shape == (3, 5) and model.n_features == 8
+    _assert_same(model, _images(3, 5, (1, 28, 28), seed=2), steps=2, inner_lr=0.4, first_order=first_order)
+
+
 def test_chunk_sizes_give_the_same_numbers():
     model = _conv4((1, 28, 28), 8, 3)
     tasks = _images(5, 3, (1, 28, 28))

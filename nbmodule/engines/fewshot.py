@@ -105,6 +105,7 @@ class FewShotConfig(StudyConfig):
     meta_iterations: int = Field(ge=1)                        # outer steps (may grow on resume)
     first_order: bool                                         # first-order MAML (no second derivatives)
     hidden: int = Field(gt=0, le=1024)                        # Conv4 filters per layer
+    downsample: Literal["maxpool", "stride"]                  # Conv4 blocks: max-pool, or stride-2 conv (MAML Omniglot)
     eval_episodes: int = Field(ge=1)                          # test episodes behind the accuracy and its CI
     val_episodes: int = Field(ge=1)                           # fixed validation episodes per validation
     eval_every: int = Field(ge=1)                             # validation period (meta-iterations)
@@ -202,9 +203,10 @@ def lake_overlap(lake: LakeRuns, splits: list[FewShotSplit]) -> int:
 
 
 def build_fewshot_model(cfg: FewShotConfig, image_shape: tuple[int, int, int]) -> nn.Module:
-    """Conv4 (``cfg.hidden`` filters) for ``image_shape`` (C, H, W) with an ``n_way`` head."""
+    """Conv4 (``cfg.hidden`` filters, ``cfg.downsample`` blocks) for ``image_shape`` (C, H, W) with an ``n_way``
+    head."""
     return build_model("conv4", in_channels=image_shape[0], n_way=cfg.n_way, hidden=cfg.hidden,
-                       image_size=image_shape[1])
+                       image_size=image_shape[1], downsample=cfg.downsample)
 
 
 # --- the meta-objective: nbmodule.meta's strategies (loop, vmap, batched) and its measured choice -------------
@@ -476,7 +478,7 @@ def _protocols(cfg: FewShotConfig, data: FewShotData) -> dict[str, str]:
         "split": split,
         "training": (f"{cfg.meta_iterations} meta-iterations of {cfg.meta_batch_size} tasks, "
                      f"{'first' if cfg.first_order else 'second'}-order MAML, {cfg.inner_steps} inner step(s) of "
-                     f"size {cfg.inner_lr}, Adam {cfg.meta_lr}, Conv4 with {cfg.hidden} filters"),
+                     f"size {cfg.inner_lr}, Adam {cfg.meta_lr}, Conv4 with {cfg.hidden} filters ({'stride-2 convolutions' if cfg.downsample == 'stride' else 'max-pooling'})"),
         "lake20": ("Lake et al.'s 20 official one-shot runs (20-way 1-shot, evaluation alphabets): each run's "
                    "training images are the support set of one task (the head's mean row repeated as the 20-way "
                    f"initial head), {cfg.inner_steps_test} SGD steps, the 20 test items as one query batch, "
