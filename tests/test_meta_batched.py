@@ -259,3 +259,41 @@ def test_normalisation_functions_second_derivatives():
                                     training=True, eps=1e-5), *pool)
     got = NormPool.apply(img, T, 1e-5, pool)[0].view(T, B, 2, 2, C).permute(1, 0, 4, 2, 3).reshape(B, T * C, 2, 2)
     assert torch.allclose(got, ref)
+
+
+
+def _changes():
+    """Settings of a compiled network changed in place after a first batched call (issue 19, item 7); the net
+    ends with a global average pool, so no change alters the head's input size."""
+    def eps(m):
+        m[1].eps = 0.5
+
+    def padding(m):
+        m[0].padding = (0, 0)
+
+    def stride(m):
+        m[4].stride = (2, 2)
+
+    def pooling(m):
+        m[3].kernel_size, m[3].padding = 3, 1
+
+    def affine(m):  # a batch norm losing its affine parameters: the program must not read them
+        m[5].affine = False
+        m[5].weight = m[5].bias = None
+
+    return {"eps": eps, "padding": padding, "stride": stride, "pooling": pooling, "affine": affine}
+
+
+@pytest.mark.parametrize("change", list(_changes()))
+def test_a_layer_setting_changed_after_compiling_compiles_again(change):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6, track_running_stats=False), nn.ReLU(),
+                      nn.MaxPool2d(2), nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6, track_running_stats=False),
+                      nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)).to(D)
+    tasks = _images(3, 3, (1, 12, 12))
+    _assert_same(m, tasks, steps=1, inner_lr=0.3)  # compiles and caches the program
+    before = compile_batched(m)
+    _changes()[change](m)
+    assert compile_batched(m) is not before
+    _assert_same(m, tasks, steps=1, inner_lr=0.3)  # the stale program gives other numbers than the loop
+    assert compile_batched(m) is compile_batched(m)  # and the new one is cached

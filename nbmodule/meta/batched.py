@@ -599,13 +599,35 @@ _PROGRAMS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, BatchedProgram | U
     weakref.WeakKeyDictionary()
 
 
+def _frozen(v: Any) -> Any:
+    """A hashable, comparable stand-in for a module attribute: plain values as themselves (tuples and lists
+    element by element), anything else (a function, a tensor held as a plain attribute...) by type and identity."""
+    if v is None or isinstance(v, (bool, int, float, str, torch.dtype, torch.device)):
+        return v
+    if isinstance(v, (tuple, list)):
+        return (type(v).__name__, tuple(_frozen(x) for x in v))
+    return ("object", type(v).__qualname__, id(v))
+
+
 def _structure_key(model: nn.Module) -> tuple:
-    return tuple((n, id(m), m.training) for n, m in model.named_modules())
+    """Everything a :class:`BatchedProgram` captures from ``model`` when it is compiled: each submodule's name,
+    identity, class and train mode, every plain attribute it holds (``eps``, ``padding``, ``stride``, pooling
+    sizes, ``affine``, ``track_running_stats``, ``p``, ``negative_slope``, an instance-level ``forward``... whatever
+    it holds), which parameters and buffers it has (a bias set to None changes the program).
+    Parameter and buffer *values* are read at run time, so they are not part of it."""
+    key = []
+    for name, m in model.named_modules():
+        attrs = tuple(sorted((k, _frozen(v)) for k, v in vars(m).items() if not k.startswith("_")))
+        key.append((name, id(m), type(m), attrs, tuple((k, v is None) for k, v in m._parameters.items()),
+                    tuple((k, v is None) for k, v in m._buffers.items())))
+    return tuple(key)
 
 
 def compile_batched(model: nn.Module) -> BatchedProgram:
-    """The task-batched program of ``model`` (memoised per module structure and train/eval mode), or raises
-    :class:`Unsupported` naming the layer or operation it does not cover."""
+    """The task-batched program of ``model``, or raises :class:`Unsupported` naming the layer or operation it
+    does not cover. Memoised per module on everything the program captured (:func:`_structure_key`: the module
+    tree, train/eval mode and every layer's settings), so changing e.g. a batch norm's ``eps`` or a convolution's
+    stride after a first call compiles again instead of running the stale program."""
     key = _structure_key(model)
     hit = _PROGRAMS.get(model)
     if hit is not None and hit[0] == key:
