@@ -1,5 +1,6 @@
 """The BSDS boundary protocol (nbmodule.metrics.boundary_scores): thinning, one-to-one matching within
-max_dist x diagonal, ODS / OIS / AP, on cases whose answer is known by hand."""
+max_dist x diagonal, ODS / OIS / AP, on cases whose answer is known by hand; the thinning checked against
+scikit-image's independent implementation."""
 import math
 
 import numpy as np
@@ -7,8 +8,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from nbmodule.metrics import (BoundaryMeter, EdgeProxyMeter, MetricRangeError, _THIN_LUTS, _match_count,
-                              _min_cost_match_count, boundary_scores, check_range, thin_boundaries)
+from nbmodule.metrics import (BoundaryMeter, EdgeProxyMeter, MetricRangeError, boundary_scores, bsds_ap, check_range,
+                              thin_boundaries)
+from nbmodule.metrics.boundary import _THIN_LUTS, _match_count, _min_cost_match_count
 
 
 def _line(shape=(100, 100), row=50, cols=(10, 90)):
@@ -19,14 +21,46 @@ def _line(shape=(100, 100), row=50, cols=(10, 90)):
 
 def test_a_prediction_equal_to_the_truth_scores_one():
     gt = _line()
-    assert boundary_scores([gt.copy()], [gt]) == {"ods_f": 1.0, "ois_f": 1.0, "ap": 1.0}
+    # AP 0: every threshold gives the same point (recall 1), and the benchmark's AP needs two distinct recalls
+    assert boundary_scores([gt.copy()], [gt]) == {"ods_f": 1.0, "ois_f": 1.0, "ap": 0.0}
 
 
 @pytest.mark.parametrize("shift, expected", [(1, 1.0), (2, 0.0), (3, 0.0)])
 def test_a_shifted_line_matches_only_within_max_dist(shift, expected):
     # 0.011 x diagonal of 100x100 = 1.56 px: one pixel away matches, two and three do not
     scores = boundary_scores([_line(row=50 + shift)], [_line()])
-    assert scores["ods_f"] == pytest.approx(expected) and scores["ap"] == pytest.approx(expected)
+    assert scores["ods_f"] == pytest.approx(expected) and scores["ois_f"] == pytest.approx(expected)
+
+
+def test_ap_is_the_benchmarks_interpolated_area_not_the_precision_envelope():
+    """collect_eval_bdry.m / edgesEvalDir.m: unique recalls (the first of a repeat), linear interpolation at
+    recall 0, 0.01, ..., 1, levels outside the reached range count 0, sum x 0.01. Thresholds ascending:
+    recall 0.9, 0.9, 0.3 with precision 0.5, 0.6, 0.9 -> the line from (0.3, 0.9) to (0.9, 0.5) at the 61
+    levels 0.30 ... 0.90, mean 0.7 -> 0.427. The former score (mean over all 101 levels of the best precision
+    at recall >= r) gave (31 x 0.9 + 60 x 0.6) / 101 = 0.633 on the same points."""
+    assert bsds_ap([0.9, 0.9, 0.3], [0.5, 0.6, 0.9]) == pytest.approx(0.427)
+    assert bsds_ap([0.9, 0.9, 0.3], [0.5, 0.6, 0.9]) != pytest.approx((31 * 0.9 + 60 * 0.6) / 101, abs=0.1)
+    assert bsds_ap([1.0, 0.0], [0.5, 1.0]) == pytest.approx(0.75 * 1.01)  # all 101 levels: mean 0.75
+    assert bsds_ap([0.4, 0.4], [0.3, 0.8]) == 0.0  # one distinct recall: no curve
+    with pytest.raises(ValueError, match="one length"):
+        bsds_ap([0.1, 0.2], [0.5])
+
+
+def test_ground_truth_thinning_is_an_option():
+    """A 3-pixel-wide true band and a prediction on its middle row: as given (BSDS), 80 of 240 true pixels are
+    matched (recall 1/3); thinned first (seism's NYUD protocol) the band is one row and recall is 1."""
+    gt = _line(row=49) + _line(row=50) + _line(row=51)
+    pred = _line()
+    meter = BoundaryMeter(thresholds=[0.5])
+    meter.update(pred, gt)
+    thin = BoundaryMeter(thresholds=[0.5], thin_gt=True)
+    thin.update(pred, gt)
+    assert meter.compute()["ods_recall"] == pytest.approx(1 / 3) and meter.compute()["ods_precision"] == 1.0
+    # the thinned band is the middle row less its end pixels: every true pixel matched, a few predicted ones not
+    n_thin = int(thin_boundaries(gt.astype(bool)).sum())
+    assert n_thin < 80 and thin.compute()["ods_recall"] == 1.0
+    assert thin.compute()["ods_precision"] == pytest.approx(n_thin / 80)
+    assert boundary_scores([pred], [gt], thin_gt=True)["ods_f"] == pytest.approx(2 * n_thin / (80 + n_thin))
 
 
 def test_matching_is_one_to_one_not_by_dilation():
@@ -69,6 +103,21 @@ def _reference_thinning(mask):
                 skel[gone] = 0
                 changed = True
     return skel[1:-1, 1:-1].astype(bool)
+
+
+def test_thinning_equals_scikit_images_independent_implementation():
+    """skimage.morphology.thin (Guo & Hall's two-subiteration algorithm, written independently of ours) gives
+    the same skeleton as thin_boundaries on random shapes of every thickness, one map or a stack."""
+    from skimage.morphology import thin
+
+    rng = np.random.default_rng(3)
+    masks = [ndimage.gaussian_filter(rng.random((40, 50)), rng.uniform(0.5, 3.0)) > rng.uniform(0.35, 0.6)
+             for _ in range(24)]
+    masks += [np.ones((25, 25), dtype=bool), rng.random((30, 30)) < 0.5]
+    for i, m in enumerate(masks):
+        assert (thin_boundaries(m) == thin(m)).all(), i
+    stack = np.stack([m[:25, :25] for m in masks])
+    assert (thin_boundaries(stack) == np.stack([thin(m) for m in stack])).all()
 
 
 def test_thinning_equals_the_reference_algorithm_on_random_shapes():
@@ -136,8 +185,9 @@ def test_ods_pools_images_and_ois_picks_each_images_threshold():
     assert res["ods_threshold"] == pytest.approx(0.3)
     # OIS: A's best F is 1 (t=0.3), B's best is 2/3 at either threshold (first: 0.3): the same counts -> 0.8
     assert res["ois_f"] == pytest.approx(0.8)
-    # AP: precision 2/3 for recall <= 1 -> the 101-point interpolated AP is 2/3
-    assert res["ap"] == pytest.approx(2 / 3)
+    # AP: points (R 1, P 2/3) and (R 0.5, P 0.5): the line between them at the 51 levels 0.50 ... 1.00 (mean
+    # 7/12), the 50 levels below 0.5 dropped: 51 x 7/12 x 0.01
+    assert res["ap"] == pytest.approx(0.2975)
     assert meter.curve()["precision"] == pytest.approx([2 / 3, 0.5])
 
 

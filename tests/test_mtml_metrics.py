@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from nbmodule.losses import balanced_bce_loss, depth_l1_loss, normals_cosine_loss, seg_loss
-from nbmodule.metrics import (ConfusionMatrix, DepthMeter, EdgeProxyMeter, MetricRangeError, NormalsMeter, delta_m,
-                              delta_p)
+from nbmodule.metrics import (ConfusionMatrix, DepthMeter, EdgeProxyMeter, MetricRangeError, NormalsMeter,
+                              UndefinedRelativeChange, delta_m, delta_p)
 
 
 def test_seg_loss_ignores_255_and_all_ignored_is_zero():
@@ -128,12 +128,23 @@ def test_delta_p_averages_every_metric_within_a_task_first():
 
 
 def test_delta_m_refuses_missing_or_zero_baselines():
-    with pytest.raises(ValueError, match="depth.rmse"):
-        delta_m({"depth": {"rmse": float("nan")}}, BASE)
-    with pytest.raises(ValueError, match="seg.miou"):
+    with pytest.raises(UndefinedRelativeChange, match="depth.rmse"):
+        delta_m({t: BASE[t] for t in BASE if t != "depth"} | {"depth": {"rmse": float("nan")}}, BASE)
+    with pytest.raises(UndefinedRelativeChange, match="seg.miou"):
         delta_m({"seg": {"miou": 3.0}}, {"seg": {"miou": 0.0}})
-    with pytest.raises(ValueError, match="no task is present in both"):
-        delta_m({"seg": {"miou": 3.0}}, {"depth": {"rmse": 1.0}})
+
+
+@pytest.mark.parametrize("fn", [delta_m, delta_p])
+def test_a_task_on_one_side_only_is_named_not_skipped(fn):
+    """Before, a task missing from either side was left out silently and the score averaged the rest."""
+    partial = {t: BASE[t] for t in ("seg", "depth")}
+    with pytest.raises(ValueError, match=r"\['normals', 'edges'\] in the baseline but not in the metrics") as err:
+        fn(partial, BASE)
+    assert not isinstance(err.value, UndefinedRelativeChange)  # a bug to fix, not a null score
+    with pytest.raises(ValueError, match=r"\['seg'\] in the metrics but not in the baseline"):
+        fn({"seg": BASE["seg"], "depth": BASE["depth"]}, {"depth": BASE["depth"]})
+    with pytest.raises(ValueError, match="none of the tasks"):
+        fn({}, {})
 
 
 def test_metrics_refuse_values_outside_their_range():

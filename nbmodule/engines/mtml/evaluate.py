@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from ...data.nyuv2 import IGNORE_INDEX, TASKS
 from ...losses import balanced_bce_loss, depth_l1_loss, normals_cosine_loss, seg_loss
 from ...metrics import (DELTA_M_METRICS, DENSE_METRICS, BoundaryMeter, ConfusionMatrix, DepthMeter, EdgeProxyMeter,
-                        NormalsMeter, delta_m, delta_p)
+                        NormalsMeter, UndefinedRelativeChange, delta_m, delta_p)
 from .data import collate
 
 __all__ = ["task_loss", "autocast", "evaluate", "primary", "curve_metric", "steps_to_target", "flat",
@@ -129,13 +129,13 @@ def flat(prefix: str, res: Mapping[str, Mapping[str, float]]) -> dict[str, float
 def relative_scores(row: str, res: Mapping[str, Mapping[str, float]],
                     baseline: Mapping[str, Mapping[str, float]]) -> dict[str, float | None]:
     """``{row}_delta_m`` (Maninis / Vandenhende) and ``{row}_delta_p`` (LibMTL) against the single-task
-    models; null, with the reason printed, when a baseline metric is zero or missing (e.g. mIoU 0 after a
-    few smoke steps has no relative change)."""
+    models; null, with the reason printed, when a baseline metric is zero or not finite (e.g. mIoU 0 after a
+    few smoke steps has no relative change). A task on one side only raises (a bug, not a score)."""
     out: dict[str, float | None] = {}
     for key, fn in (("delta_m", delta_m), ("delta_p", delta_p)):
         try:
             out[f"{row}_{key}"] = fn(res, baseline)
-        except ValueError as err:
+        except UndefinedRelativeChange as err:
             print(f"[mtml] {row}_{key} is null: {err}")
             out[f"{row}_{key}"] = None
     return out
