@@ -32,12 +32,14 @@ ROWS = {
     "mtl_adapted": "MTL after k adaptation steps",
     "mtml": "MTML, as trained",
     "mtml_adapted": "MTML after k adaptation steps",
+    "mtml_compute": "MTML stopped at MTL's image passes (equal compute), as trained",
+    "mtml_compute_adapted": "MTML at equal compute after k adaptation steps",
     "meta_test": "the held-out task learnt from init_model",
     "test": "init_model on the test split",
 }
 #: the starts the held-out task is learnt from (``run`` of curves/heldout.csv)
 STARTS = {"single": "from scratch", "mtl": "from the MTL model", "mtml": "from the MTML model",
-          "meta_test": "from init_model"}
+          "mtml_compute": "from MTML at MTL's compute", "meta_test": "from init_model"}
 TARGETS = ("delta_p", "delta_m", "steps_to_target")
 
 #: Published numbers, each shown only beside a run of its own setting. Auto-Lambda's benchmark table
@@ -103,12 +105,14 @@ def mtml_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def budget_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
-    """What MTL and MTML each got: optimiser steps, inner steps, images drawn, adaptation steps k of the
-    ``_adapted`` rows, training seconds."""
+    """What each trained row got: optimiser steps, inner steps, images drawn, forward+backward image passes
+    (the compute; single: summed over its per-task models), the training rate kept on validation, adaptation
+    steps k of the ``_adapted`` rows, training seconds (every rate of the grid)."""
     cols = {"optimizer_steps": "optimiser steps", "inner_steps": "inner SGD steps",
-            "train_images": "images drawn", "adapted_steps": "k (adapted rows)", "train_s": "training s"}
-    data = {row: {label: metrics.get(f"{row}_{key}") for key, label in cols.items()} for row in ("mtl", "mtml")
-            if any(f"{row}_{key}" in metrics for key in cols)}
+            "train_images": "images drawn", "image_passes": "image passes (fwd+bwd)", "lr": "rate (val)",
+            "adapted_steps": "k (adapted rows)", "train_s": "training s"}
+    data = {row: {label: metrics.get(f"{row}_{key}") for key, label in cols.items()}
+            for row in ("single", "mtl", "mtml", "mtml_compute") if any(f"{row}_{key}" in metrics for key in cols)}
     return pd.DataFrame.from_dict(data, orient="index")
 
 

@@ -67,9 +67,10 @@ from __future__ import annotations
 
 from .config import HOLDOUT, MIN_SIDE, NAME, MtmlConfig
 from .data import BatchStream, Splits, load_splits, prepare_data
-from .evaluate import curve_metric, evaluate, primary, steps_to_target, task_loss
-from .phases import (adapted_copy, episode_loss, finetune, fresh_model, load_trained, meta_train, task_subsets,
-                     train_dense)
+from .evaluate import bn_batches, curve_metric, evaluate, primary, recalibrated, steps_to_target, task_loss
+from .phases import (adapted_copy, episode_loss, finetune, fresh_model, load_trained, meta_passes_per_step, meta_train,
+                     task_subsets, train_dense)
+from .seeds import summarize_seeds
 from .study import run
 
 Config = MtmlConfig
@@ -78,4 +79,4 @@ MTMLConfig = MtmlConfig
 __all__ = ["NAME", "Config", "MtmlConfig", "MTMLConfig", "run", "HOLDOUT", "MIN_SIDE", "prepare_data",
            "load_splits", "Splits", "BatchStream", "task_loss", "evaluate", "primary", "curve_metric", "steps_to_target",
            "train_dense", "meta_train", "episode_loss", "adapted_copy", "finetune", "fresh_model", "load_trained",
-           "task_subsets"]
+           "task_subsets", "meta_passes_per_step", "bn_batches", "recalibrated", "summarize_seeds"]

@@ -51,7 +51,7 @@ class MtmlConfig(StudyConfig):
     head_width: int = Field(gt=0, le=1024)
     # optimisation: single-task, multi-task and the outer loop of MTML (AdamW, constant learning rate)
     batch_size: int = Field(gt=0, le=1024)
-    lr: Rate
+    lrs: list[Rate] = Field(min_length=1, max_length=8)  # every method trains at each, keeps the best on val
     weight_decay: float = Field(ge=0, le=1)
     steps: int = Field(gt=0, le=10_000_000)       # single-task and multi-task optimiser steps
     weighting: Literal["uniform", "uncertainty"]
@@ -62,12 +62,16 @@ class MtmlConfig(StudyConfig):
     inner_steps: int = Field(ge=1, le=100)        # also the k of the "after k adaptation steps" scores
     first_order: bool
     min_subset: int = Field(ge=1, le=4)
+    compute_match: bool                # also score MTML stopped where its image passes equal MTL's (mtml_compute)
     # the held-out task: fine-tuned from scratch, from MTL and from MTML with the same budget
     finetune_steps: int = Field(gt=0, le=10_000_000)
     finetune_lrs: list[Rate] = Field(min_length=1, max_length=8)  # each start tuned over these on validation
     finetune_encoder: bool
     init_model: str                    # meta-test / test: an mtml run folder with one model, or its checkpoint
     # evaluation and checkpoints
+    bn_images: int = Field(ge=0, le=100_000)  # BatchNorm statistics of each scored model re-estimated on this
+    #                                    many training images; 0: the running statistics as trained
+    edges_thin_gt: bool                # thin the true edge maps before matching (seism's NYUD protocol)
     eval_every: int = Field(gt=0, le=10_000_000)
     eval_batches: int = Field(ge=0, le=100_000)
     checkpoint_every: int = Field(gt=0, le=10_000_000)
@@ -81,7 +85,7 @@ class MtmlConfig(StudyConfig):
                              f"{MIN_SIDE} pixels")
         return v
 
-    @field_validator("tasks", "finetune_lrs")
+    @field_validator("tasks", "finetune_lrs", "lrs")
     @classmethod
     def _distinct(cls, v: list) -> list:
         if len(set(v)) != len(v):

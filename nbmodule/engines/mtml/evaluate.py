@@ -1,6 +1,7 @@
 """Losses, evaluation and the derived numbers of the MTML study (Δm, Δp, steps to target)."""
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import nullcontext
 from typing import Any, Mapping, Sequence
@@ -16,10 +17,37 @@ from ...metrics import (DELTA_M_METRICS, DENSE_METRICS, BoundaryMeter, Confusion
 from .data import collate
 
 __all__ = ["task_loss", "autocast", "evaluate", "primary", "curve_metric", "steps_to_target", "flat",
-           "relative_scores"]
+           "relative_scores", "bn_batches", "recalibrated", "BN_SEED"]
 
 #: the dilation proxy's tolerance in pixels (a training-time number only; the reported one is BSDS's)
 PROXY_TOLERANCE = 1
+#: the training images that BatchNorm statistics are re-estimated on are the same for every row, phase and seed
+BN_SEED = 20_000_804
+
+
+def bn_batches(data: Dataset, n_images: int, batch_size: int) -> list[torch.Tensor]:
+    """``n_images`` training images (a fixed subset drawn with :data:`BN_SEED`; all when fewer) as CPU batches of
+    ``batch_size``: what :func:`recalibrated` re-estimates BatchNorm statistics on. Empty for ``n_images=0``."""
+    n = min(n_images, len(data))
+    if n == 0:
+        return []
+    idx = sorted(torch.randperm(len(data), generator=torch.Generator().manual_seed(BN_SEED))[:n].tolist())
+    return [torch.stack([data[i]["image"] for i in idx[b:b + batch_size]]) for b in range(0, n, batch_size)]
+
+
+def recalibrated(model: nn.Module, batches: Sequence[torch.Tensor], device: torch.device) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm running statistics are re-estimated on ``batches`` (training images) for
+    its own weights (``torch.optim.swa_utils.update_bn``: reset, then the cumulative average over the batches);
+    the model itself is untouched. Without batches, ``model`` as it is (its running statistics).
+
+    Why: MTML's query passes run adapted weights in train mode, so its running statistics track adapted
+    networks, and the weights scored "as trained" are not those; scoring every row on statistics of the weights
+    being scored removes that confound, for every row alike."""
+    if not batches:
+        return model
+    out = copy.deepcopy(model)
+    torch.optim.swa_utils.update_bn([b.to(device) for b in batches], out)
+    return out
 
 
 def task_loss(task: str, out: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -61,13 +89,15 @@ def curve_metric(task: str) -> tuple[str, bool]:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, tasks: Sequence[str], *, device: torch.device, batch_size: int = 16,
              num_classes: int = 40, max_batches: int = 0, amp: bool = False, boundary: str = "bsds",
-             pr_curves: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+             pr_curves: dict[str, Any] | None = None, thin_gt: bool = False) -> dict[str, dict[str, float]]:
     """Metrics of ``tasks`` over ``data`` (its first ``max_batches`` batches; 0 = all): ``{task: {metric: value}}``.
 
     seg: mIoU and pixel accuracy (%, a confusion matrix over the split); depth: abs_err, rel_err, rmse (m),
     delta1; normals: mean and median angle (degrees), within_* (%); edges: the BSDS protocol's ods_f, ois_f,
-    ap (%), or with ``boundary="proxy"`` the fast dilation proxy_f (%, training curves only).
-    ``pr_curves``: filled with the edges' BSDS precision-recall curve."""
+    ap (%; the benchmark's AP), or with ``boundary="proxy"`` the fast dilation proxy_f (%, training curves only);
+    ``thin_gt``: thin the true edge maps first (seism's NYUD protocol). ``pr_curves``: filled with the edges'
+    BSDS precision-recall curve. The model is scored with its running BatchNorm statistics (see
+    :func:`recalibrated`)."""
     if boundary not in ("bsds", "proxy"):
         raise ValueError(f"boundary must be 'bsds' or 'proxy', got {boundary!r}")
     was_training = model.training
@@ -89,7 +119,7 @@ def evaluate(model: nn.Module, data: Dataset, tasks: Sequence[str], *, device: t
             elif t == "normals":
                 meters.setdefault(t, NormalsMeter()).update(o, batch["normals"], batch["normals_mask"])
             elif t == "edges":
-                meter = meters.setdefault(t, BoundaryMeter() if boundary == "bsds" else
+                meter = meters.setdefault(t, BoundaryMeter(thin_gt=thin_gt) if boundary == "bsds" else
                                           EdgeProxyMeter(99, PROXY_TOLERANCE))
                 meter.update(o.sigmoid().cpu(), batch["edges"].cpu())
     model.train(was_training)

@@ -29,10 +29,10 @@ from ...progress import progress_bar
 from ...runs import RunDir
 from .config import MtmlConfig
 from .data import BatchStream, Splits
-from .evaluate import autocast, curve_metric, evaluate, task_loss
+from .evaluate import autocast, curve_metric, evaluate, recalibrated, task_loss
 
 __all__ = ["PhaseResult", "Curve", "out_channels", "fresh_model", "train_dense", "task_subsets", "episode_loss",
-           "meta_train", "adapted_copy", "finetune", "load_trained", "file_sha256"]
+           "meta_train", "meta_passes_per_step", "adapted_copy", "finetune", "load_trained", "file_sha256"]
 
 
 def out_channels(task: str, num_classes: int) -> int:
@@ -51,12 +51,14 @@ def fresh_model(cfg: MtmlConfig, tasks: Sequence[str], num_classes: int, seed: i
 @dataclass
 class Curve:
     """What a phase scores along its way: ``task``'s curve metric (:func:`curve_metric`) on ``val`` (and
-    ``test``) every ``eval_every`` steps and at step 0."""
+    ``test``) every ``eval_every`` steps and at step 0, with BatchNorm statistics re-estimated on ``bn`` (training
+    images; empty: the running statistics) for the weights of that step."""
 
     task: str
     val: Dataset
     test: Dataset | None
     num_classes: int
+    bn: Sequence[torch.Tensor] = ()
 
 
 @dataclass
@@ -66,6 +68,7 @@ class PhaseResult:
     curve: list[dict[str, Any]]
     train_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    image_passes: int = 0  # images through a forward and a backward pass (the compute budget)
 
 
 def _optimizer(params, cfg: MtmlConfig, lr: float) -> torch.optim.Optimizer:
@@ -79,6 +82,7 @@ def _checkpointer(run: RunDir, name: str, cfg: MtmlConfig, extra: Mapping[str, A
 
 def _score(model: nn.Module, curve: Curve, cfg: MtmlConfig, device: torch.device, step: int) -> dict[str, Any]:
     metric, _ = curve_metric(curve.task)
+    model = recalibrated(model, curve.bn, device)
     kw = dict(device=device, batch_size=max(cfg.batch_size, 16), num_classes=curve.num_classes,
               max_batches=cfg.eval_batches, amp=cfg.amp, boundary="proxy")
     row: dict[str, Any] = {"step": step,
@@ -103,7 +107,7 @@ def train_dense(cfg: MtmlConfig, run: RunDir, phase: str, model: nn.Module, task
     stream = BatchStream(train_data, cfg.batch_size, seed, device)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
     ck = _checkpointer(run, phase, cfg, check)
-    st: dict[str, Any] = {"curve": [], "train_rows": [], "running": 0.0, "train_s": 0.0}
+    st: dict[str, Any] = {"curve": [], "train_rows": [], "running": 0.0, "train_s": 0.0, "image_passes": 0}
     saved = ck.load()
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -111,7 +115,8 @@ def train_dense(cfg: MtmlConfig, run: RunDir, phase: str, model: nn.Module, task
             log_vars.copy_(saved["log_vars"])
         st = {k: saved[k] for k in st}
         if ck.done:
-            return PhaseResult(model, st["train_rows"], st["curve"], st["train_s"], {"log_vars": saved["log_vars"]})
+            return PhaseResult(model, st["train_rows"], st["curve"], st["train_s"], {"log_vars": saved["log_vars"]},
+                               st["image_passes"])
         opt.load_state_dict(saved["opt"])
         stream.load_state_dict(saved["stream"])
         scaler.load_state_dict(saved["scaler"])
@@ -143,6 +148,7 @@ def train_dense(cfg: MtmlConfig, run: RunDir, phase: str, model: nn.Module, task
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
+        st["image_passes"] += int(batch["image"].shape[0])
         st["running"] += float(loss.detach())
         if step % cfg.eval_every == 0 or step == steps:
             n = cfg.eval_every if step % cfg.eval_every == 0 else step % cfg.eval_every
@@ -153,7 +159,8 @@ def train_dense(cfg: MtmlConfig, run: RunDir, phase: str, model: nn.Module, task
             bar.set_postfix(loss=f"{st['train_rows'][-1]['train_loss']:.3f}", refresh=False)
         bar.update(1)
     bar.close()
-    return PhaseResult(model, st["train_rows"], st["curve"], st["train_s"], {"log_vars": log_vars.detach().cpu()})
+    return PhaseResult(model, st["train_rows"], st["curve"], st["train_s"], {"log_vars": log_vars.detach().cpu()},
+                       st["image_passes"])
 
 
 # --- meta multi-task learning --------------------------------------------------------------------------
@@ -220,19 +227,31 @@ def episode_loss(model: nn.Module, subset: Sequence[str], support: Mapping[str, 
     return _subset_loss(subset)(q, query)
 
 
+def meta_passes_per_step(cfg: MtmlConfig, n_subsets: int, batch: int) -> int:
+    """Images through a forward and a backward pass in one MTML outer step: per subset, ``inner_steps`` support
+    passes (the inner gradient, first or second order) and one query pass, each of ``batch`` images."""
+    return n_subsets * (cfg.inner_steps + 1) * batch
+
+
 def meta_train(cfg: MtmlConfig, run: RunDir, phase: str, model: nn.Module, tasks: Sequence[str], train_data: Dataset,
-               *, device: torch.device, seed: int = 0, progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """Meta multi-task training for ``cfg.meta_steps`` outer AdamW steps (``cfg.lr``, constant): each draws a
-    support and a query batch from the training split and averages :func:`episode_loss` over every subset of
-    at least ``cfg.min_subset`` of ``tasks``. BatchNorm running statistics follow the query passes only.
-    Returns the model and ``{"train_rows", "train_s", "subsets"}``."""
+               *, device: torch.device, seed: int = 0, progress: bool = True, lr: float | None = None,
+               snapshots: Sequence[int] = ()) -> tuple[nn.Module, dict[str, Any]]:
+    """Meta multi-task training for ``cfg.meta_steps`` outer AdamW steps (``lr``, default ``cfg.lrs[0]``,
+    constant): each draws a support and a query batch from the training split and averages :func:`episode_loss`
+    over every subset of at least ``cfg.min_subset`` of ``tasks``. BatchNorm running statistics follow the
+    query passes only. ``snapshots``: outer steps whose weights are kept as well (the run stopped there, as the
+    rate is constant). Returns the model and ``{"train_rows", "train_s", "subsets", "image_passes",
+    "snapshots": {step: {"model": state_dict, "image_passes": int}}}``."""
     model.to(device).train()
     subsets = task_subsets(tasks, cfg.min_subset)
-    opt = _optimizer(model.parameters(), cfg, cfg.lr)
+    opt = _optimizer(model.parameters(), cfg, cfg.lrs[0] if lr is None else lr)
     support = BatchStream(train_data, cfg.batch_size, seed, device)
     query = BatchStream(train_data, cfg.batch_size, seed + 7919, device)
-    ck = _checkpointer(run, phase, cfg)
-    st: dict[str, Any] = {"train_rows": [], "running": 0.0, "train_s": 0.0}
+    wanted = sorted({int(k) for k in snapshots})
+    if any(not 1 <= k <= cfg.meta_steps for k in wanted):
+        raise ValueError(f"snapshots {wanted} must lie in [1, meta_steps={cfg.meta_steps}]")
+    ck = _checkpointer(run, phase, cfg, {"snapshots": wanted} if wanted else None)
+    st: dict[str, Any] = {"train_rows": [], "running": 0.0, "train_s": 0.0, "image_passes": 0, "snapshots": {}}
     saved = ck.load()
     info = {"subsets": [list(s) for s in subsets]}
     if saved is not None:
@@ -265,7 +284,11 @@ def meta_train(cfg: MtmlConfig, run: RunDir, phase: str, model: nn.Module, tasks
                                  first_order=cfg.first_order) / len(subsets)
             qloss.backward()  # the meta-gradient of this episode, accumulated into the initial weights
             total += float(qloss.detach())
+            st["image_passes"] += cfg.inner_steps * int(xs["image"].shape[0]) + int(xq["image"].shape[0])
         opt.step()
+        if step in wanted:
+            st["snapshots"][step] = {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                                     "image_passes": st["image_passes"]}
         st["running"] += total
         if step % cfg.eval_every == 0 or step == cfg.meta_steps:
             n = cfg.eval_every if step % cfg.eval_every == 0 else step % cfg.eval_every
@@ -297,10 +320,11 @@ def adapted_copy(cfg: MtmlConfig, model: nn.Module, tasks: Sequence[str], train_
 
 
 def finetune(cfg: MtmlConfig, run: RunDir, phase: str, model: nn.Module, task: str, splits: Splits, *, lr: float,
-             device: torch.device, seed: int, progress: bool = True,
-             check: Mapping[str, Any] | None = None) -> PhaseResult:
+             device: torch.device, seed: int, progress: bool = True, check: Mapping[str, Any] | None = None,
+             bn: Sequence[torch.Tensor] = ()) -> PhaseResult:
     """Learn ``task`` from ``model`` (a copy; a new head when it has none, initialised from ``seed`` only) for
-    ``cfg.finetune_steps`` AdamW steps at ``lr``, scoring the task on validation and test along the way."""
+    ``cfg.finetune_steps`` AdamW steps at ``lr``, scoring the task on validation and test along the way (BatchNorm
+    statistics re-estimated on the training images ``bn`` at each point, when given)."""
     model = copy.deepcopy(model)
     if task not in model.heads:
         with torch.random.fork_rng(devices=[]):
@@ -309,7 +333,7 @@ def finetune(cfg: MtmlConfig, run: RunDir, phase: str, model: nn.Module, task: s
     trainable = list(model.parameters()) if cfg.finetune_encoder else list(model.heads[task].parameters())
     return train_dense(cfg, run, phase, model, [task], splits.train, steps=cfg.finetune_steps, lr=lr, device=device,
                        seed=seed, trainable=trainable, progress=progress, check=check,
-                       curve=Curve(task, splits.val, splits.test, splits.num_classes))
+                       curve=Curve(task, splits.val, splits.test, splits.num_classes, bn))
 
 
 # --- trained models as inputs -------------------------------------------------------------------------------

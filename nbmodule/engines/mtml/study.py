@@ -1,7 +1,9 @@
 """The MTML study's one entry point, :func:`run`, behind both doors (notebook 03 and the command line)."""
 from __future__ import annotations
 
+import copy
 import io
+import math
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -11,9 +13,10 @@ from ...config import ConfigError
 from ...runs import RunContext, RunDir, atomic_write_bytes
 from .config import MtmlConfig
 from .data import Splits, collate, load_splits, prepare_data
-from .evaluate import curve_metric, evaluate, flat, relative_scores, steps_to_target
-from .phases import (PhaseResult, adapted_copy, file_sha256, finetune, fresh_model, load_trained, meta_train,
-                     task_subsets, train_dense)
+from ...metrics import UndefinedRelativeChange, delta_m
+from .evaluate import bn_batches, curve_metric, evaluate, flat, primary, recalibrated, relative_scores, steps_to_target
+from .phases import (PhaseResult, adapted_copy, file_sha256, finetune, fresh_model, load_trained, meta_passes_per_step,
+                     meta_train, task_subsets, train_dense)
 
 __all__ = ["run", "SALT"]
 
@@ -43,19 +46,29 @@ class _Study:
     def __init__(self, cfg: MtmlConfig, run: RunDir, ctx: RunContext, splits: Splits):
         self.cfg, self.run, self.ctx, self.splits = cfg, run, ctx, splits
         self.metrics: dict[str, Any] = {}
-        self.results: dict[str, dict[str, dict[str, float]]] = {}  # row -> task -> metric -> value
+        self.results: dict[str, dict[str, dict[str, float]]] = {}  # row -> task -> metric -> value (test)
+        self.val: dict[str, dict[str, dict[str, float]]] = {}  # row -> task -> metric -> value (validation)
         self.models: dict[str, dict[str, nn.Module]] = {}  # row -> task -> the model predicting it (examples)
+        self.starts: dict[str, nn.Module] = {}  # the trained multi-task models the held-out task is learnt from
         self.train_rows: list[dict[str, Any]] = []
         self.pr_rows: list[dict[str, Any]] = []
         self.heldout_rows: list[dict[str, Any]] = []
+        self.selection_rows: list[dict[str, Any]] = []
         self.pretrained: list[int] = []
         self.noted = False
+        self.bn = bn_batches(splits.train, cfg.bn_images, max(cfg.batch_size, 16))
 
     # -- scoring ----------------------------------------------------------------------------------------
+    def _evaluate(self, model: nn.Module, data, tasks: Sequence[str], pr: dict[str, Any] | None = None):
+        """Metrics of ``model`` on ``data`` with BatchNorm statistics re-estimated for these weights (protocol)."""
+        scored = recalibrated(model, self.bn, self.ctx.device)
+        return evaluate(scored, data, list(tasks), pr_curves=pr, thin_gt=self.cfg.edges_thin_gt,
+                        **_ev(self.cfg, self.splits, self.ctx))
+
     def score(self, row: str, model: nn.Module, tasks: Sequence[str]) -> dict[str, dict[str, float]]:
         """Test metrics of ``model`` on ``tasks`` under ``row`` (``{row}_{task}_{metric}``)."""
         pr: dict[str, Any] = {}
-        res = evaluate(model, self.splits.test, list(tasks), pr_curves=pr, **_ev(self.cfg, self.splits, self.ctx))
+        res = self._evaluate(model, self.splits.test, tasks, pr)
         if "edges" in pr:
             c = pr["edges"]
             self.pr_rows += [{"run": row, "threshold": t, "precision": p, "recall": r}
@@ -72,49 +85,110 @@ class _Study:
             print(f"[mtml] {note}")
             self.noted = True
 
+    def _select(self, row: str, candidates: Sequence[tuple[float, nn.Module]], tasks: Sequence[str]) -> int:
+        """The index of the candidate (one per rate of ``lrs``) with the best *validation* score: one task, its
+        primary metric; several, Δm against the single-task models' validation scores (against the first
+        candidate's when this run trains no single-task models: Δm's ranking does not depend on the
+        reference beyond its per-task scale). Every candidate's value goes to ``curves/selection.csv``."""
+        vals = [self._evaluate(m, self.splits.val, tasks) for _, m in candidates]
+        if len(tasks) == 1:
+            metric, lower = primary(tasks[0])
+            crit, scores = f"val_{metric}", [v[tasks[0]][metric] for v in vals]
+            keyed = [(s if lower else -s) if math.isfinite(s) else math.inf for s in scores]
+        else:
+            ref = self.val.get("single") if all(t in self.val.get("single", {}) for t in tasks) else vals[0]
+            crit, scores = "val_delta_m", []
+            for v in vals:
+                try:
+                    scores.append(delta_m({t: v[t] for t in tasks}, {t: ref[t] for t in tasks}))
+                except UndefinedRelativeChange as err:
+                    print(f"[mtml] {row}: the rate cannot be chosen by validation Δm ({err}); the first kept")
+                    scores = [math.nan] * len(vals)
+                    break
+            keyed = [-s if math.isfinite(s) else math.inf for s in scores]
+        best = min(range(len(vals)), key=lambda i: (keyed[i], i))
+        self.selection_rows += [{"run": row, "seed": self.cfg.seed, "lr": lr, "criterion": crit, "value": sc,
+                                 "selected": int(i == best)} for i, ((lr, _), sc) in enumerate(zip(candidates, scores))]
+        self.val.setdefault(row, {}).update(vals[best])
+        return best
+
     # -- phases -------------------------------------------------------------------------------------------
     def singles(self) -> None:
-        """One model per training task, trained from scratch: the Δm baseline (row ``single``)."""
+        """One model per training task, trained from scratch at every rate of ``lrs``, the best on validation
+        kept: the Δm baseline (row ``single``)."""
         cfg, s = self.cfg, self.splits
-        seconds = 0.0
+        seconds, passes = 0.0, 0
         for t in cfg.train_tasks:
             i = ("seg", "depth", "normals", "edges").index(t)
-            model = fresh_model(cfg, [t], s.num_classes, _seed(cfg, "single", i), self.ctx.device)
-            self.note_encoder(model)
-            res = train_dense(cfg, self.run, f"single_{t}", model, [t], s.train, steps=cfg.steps, lr=cfg.lr,
-                              device=self.ctx.device, seed=_seed(cfg, "single", i), progress=self.ctx.progress)
-            self.train_rows += _train_rows(f"single_{t}", cfg, res.train_rows)
-            seconds += res.train_s
+            runs = []
+            for lr in cfg.lrs:
+                model = fresh_model(cfg, [t], s.num_classes, _seed(cfg, "single", i), self.ctx.device)
+                self.note_encoder(model)
+                phase = f"single_{t}_lr{lr:g}"
+                res = train_dense(cfg, self.run, phase, model, [t], s.train, steps=cfg.steps, lr=lr,
+                                  device=self.ctx.device, seed=_seed(cfg, "single", i), progress=self.ctx.progress)
+                self.train_rows += _train_rows(phase, cfg, res.train_rows)
+                seconds += res.train_s
+                runs.append((lr, res))
+            best = self._select(f"single_{t}", [(lr, r.model) for lr, r in runs], [t])
+            lr, res = runs[best]
+            self.val.setdefault("single", {}).update(self.val.pop(f"single_{t}"))
+            self.metrics[f"single_{t}_lr"] = lr
+            passes += res.image_passes
             self.score("single", res.model, [t])
-        self.metrics.update(single_optimizer_steps=cfg.steps, single_train_s=seconds)
+        self.metrics.update(single_optimizer_steps=cfg.steps, single_image_passes=passes, single_train_s=seconds)
 
-    def multi(self, kind: str) -> nn.Module:
-        """MTL (``kind="mtl"``) or MTML (``"mtml"``) on the training tasks, from the same initialisation, scored
-        as trained (row ``{kind}``) and after ``inner_steps`` adaptation steps (row ``{kind}_adapted``)."""
+    def multi(self, kind: str) -> None:
+        """MTL (``kind="mtl"``) or MTML (``"mtml"``, and ``"mtml_compute"``: the same run stopped where its image
+        passes equal MTL's) on the training tasks, from the same initialisation, at every rate of ``lrs``, the
+        best on validation kept; scored as trained (row ``{row}``) and after ``inner_steps`` adaptation steps
+        (row ``{row}_adapted``)."""
         cfg, s, device = self.cfg, self.splits, self.ctx.device
         tasks = cfg.train_tasks
-        model = fresh_model(cfg, tasks, s.num_classes, _seed(cfg, "multi"), device)
-        self.note_encoder(model)
-        if kind == "mtl":
-            res = train_dense(cfg, self.run, "mtl", model, tasks, s.train, steps=cfg.steps, lr=cfg.lr, device=device,
-                              seed=_seed(cfg, "multi"), weighting=cfg.weighting, progress=self.ctx.progress)
-            model, rows, seconds = res.model, res.train_rows, res.train_s
-            self.metrics.update(mtl_optimizer_steps=cfg.steps, mtl_train_images=cfg.steps * cfg.batch_size)
-        else:
-            model, info = meta_train(cfg, self.run, "mtml", model, tasks, s.train, device=device,
-                                     seed=_seed(cfg, "multi"), progress=self.ctx.progress)
-            rows, seconds = info["train_rows"], info["train_s"]
-            n_sub = len(task_subsets(tasks, cfg.min_subset))
-            self.metrics.update(mtml_optimizer_steps=cfg.meta_steps, mtml_subsets=n_sub,
-                                mtml_inner_steps=cfg.meta_steps * n_sub * cfg.inner_steps,
-                                mtml_train_images=cfg.meta_steps * 2 * cfg.batch_size)
-        self.train_rows += _train_rows(kind, cfg, rows)
+        batch = min(cfg.batch_size, len(s.train))
+        n_sub = len(task_subsets(tasks, cfg.min_subset))
+        per_step = meta_passes_per_step(cfg, n_sub, batch)
+        # equal compute: the MTML step whose image passes are closest to MTL's cfg.steps x batch
+        matched = min(cfg.meta_steps, max(1, round(cfg.steps * batch / per_step)))
+        rows = ["mtl"] if kind == "mtl" else ["mtml"] + (["mtml_compute"] if cfg.compute_match else [])
+        cands: dict[str, list[tuple[float, nn.Module, int, int]]] = {r: [] for r in rows}  # lr, model, steps, passes
+        seconds = 0.0
+        for lr in cfg.lrs:
+            model = fresh_model(cfg, tasks, s.num_classes, _seed(cfg, "multi"), device)
+            self.note_encoder(model)
+            phase = f"{kind}_lr{lr:g}"
+            if kind == "mtl":
+                res = train_dense(cfg, self.run, phase, model, tasks, s.train, steps=cfg.steps, lr=lr, device=device,
+                                  seed=_seed(cfg, "multi"), weighting=cfg.weighting, progress=self.ctx.progress)
+                cands["mtl"].append((lr, res.model, cfg.steps, res.image_passes))
+                train_rows, seconds = res.train_rows, seconds + res.train_s
+            else:
+                model, info = meta_train(cfg, self.run, phase, model, tasks, s.train, device=device, lr=lr,
+                                         seed=_seed(cfg, "multi"), progress=self.ctx.progress,
+                                         snapshots=[matched] if cfg.compute_match else [])
+                cands["mtml"].append((lr, model, cfg.meta_steps, info["image_passes"]))
+                if cfg.compute_match:
+                    snap = info["snapshots"][matched]
+                    early = copy.deepcopy(model)
+                    early.load_state_dict(snap["model"])
+                    cands["mtml_compute"].append((lr, early, matched, snap["image_passes"]))
+                train_rows, seconds = info["train_rows"], seconds + info["train_s"]
+            self.train_rows += _train_rows(phase, cfg, train_rows)
         self.metrics[f"{kind}_train_s"] = seconds
-        self.score(kind, model, tasks)
-        adapted = adapted_copy(cfg, model, tasks, s.train, device=device, seed=_seed(cfg, "adapt"))
-        self.score(f"{kind}_adapted", adapted, tasks)
-        self.metrics[f"{kind}_adapted_steps"] = cfg.inner_steps
-        return model
+        if kind == "mtml":
+            self.metrics.update(mtml_subsets=n_sub, mtml_inner_steps=cfg.meta_steps * n_sub * cfg.inner_steps)
+        for row in rows:
+            best = self._select(row, [(lr, m) for lr, m, _, _ in cands[row]], tasks)
+            lr, model, steps, passes = cands[row][best]
+            per = batch if row == "mtl" else 2 * batch
+            self.metrics.update({f"{row}_lr": lr, f"{row}_optimizer_steps": steps, f"{row}_image_passes": passes,
+                                 f"{row}_train_images": steps * per})
+            self.score(row, model, tasks)
+            adapted = adapted_copy(cfg, model, tasks, s.train, device=device, seed=_seed(cfg, "adapt"))
+            self.score(f"{row}_adapted", adapted, tasks)
+            self.metrics[f"{row}_adapted_steps"] = cfg.inner_steps
+            self.metrics[f"{row}_adapted_image_passes"] = cfg.inner_steps * batch
+            self.starts[row] = model
 
     def relative(self, rows: Sequence[str]) -> None:
         """Δm and Δp of ``rows`` against the single-task models, over the training tasks."""
@@ -139,7 +213,7 @@ class _Study:
                                                                    _seed(cfg, "finetune"), device)
                 phase = f"ft_{start}_{held}_lr{lr:g}"
                 res = finetune(cfg, self.run, phase, base, held, s, lr=lr, device=device, seed=_seed(cfg, "finetune"),
-                               progress=self.ctx.progress, check=check)
+                               progress=self.ctx.progress, check=check, bn=self.bn)
                 runs.append((lr, res))
                 seconds += res.train_s
                 self.train_rows += _train_rows(phase, cfg, res.train_rows)
@@ -152,7 +226,8 @@ class _Study:
             self.metrics[f"{start}_finetune_lr"] = lr
             self.score(start, res.model, [held])
             kept[start] = res
-        self.metrics.update(heldout_finetune_steps=cfg.finetune_steps, finetune_s=seconds)
+        self.metrics.update(heldout_finetune_steps=cfg.finetune_steps, finetune_s=seconds,
+                            heldout_image_passes=cfg.finetune_steps * min(cfg.batch_size, len(s.train)))
         return kept
 
     def targets(self, kept: Mapping[str, PhaseResult]) -> None:
@@ -196,9 +271,12 @@ class _Study:
             self.run.write_curve("heldout", self.heldout_rows)
         if self.pr_rows:
             self.run.write_curve("edges_pr", self.pr_rows)
+        if self.selection_rows:
+            self.run.write_curve("selection", self.selection_rows)
         self.save_examples()
         if self.pretrained:
             self.metrics["encoder_pretrained"] = int(all(self.pretrained))
+        self.metrics["bn_images"] = sum(int(b.shape[0]) for b in self.bn)
         return self.metrics
 
 
@@ -223,12 +301,13 @@ def run(cfg: MtmlConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, Any]:
     st.metrics["synthetic"] = int(got.synthetic)
     if cfg.mode == "study":
         st.singles()
-        mtl, mtml = st.multi("mtl"), st.multi("mtml")
-        st.relative(["mtl", "mtl_adapted", "mtml", "mtml_adapted"])
+        st.multi("mtl")
+        st.multi("mtml")
+        st.relative([r for s in st.starts for r in (s, f"{s}_adapted")])
         if cfg.held_out:
-            kept = st.heldout({"single": None, "mtl": mtl, "mtml": mtml})
+            kept = st.heldout({"single": None, **st.starts})
             st.targets(kept)
-            for start in ("mtl", "mtml"):  # the examples show the held-out task from the fine-tuned model
+            for start in st.starts:  # the examples show the held-out task from the fine-tuned model
                 st.models[start][cfg.held_out] = kept[start].model
     elif cfg.mode == "train":
         if cfg.setup == "single":
