@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping, TypeVar
+import typing
+from typing import Any, ClassVar, Iterable, Literal, Mapping, TypeVar
 
 import yaml
 from data_prep.options import OptionError, parse_key_value, parse_key_values
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 __all__ = ["Config", "StudyConfig", "ConfigError", "CONFIG_ROOT", "config_path", "list_configs", "make_config",
            "load_config", "load_yaml", "parse_override", "parse_overrides", "pick"]
@@ -30,13 +31,59 @@ class ConfigError(ValueError):
 
 
 class Config(BaseModel):
-    """Base class of every config: unknown fields are errors, assignments are validated."""
+    """Base class of every config: unknown fields are errors, assignments are validated, numbers are finite
+    (NaN and infinities are refused), and a boolean is never taken for a number nor a number or a string
+    for a boolean (``meta_iterations=true`` and ``first_order: 'yes'`` are refused, not read as 1 and True)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_number_mixups(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None:
+            _check_scalar(field.annotation, value)
+        return value
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (for the run folder's ``config.json``)."""
         return self.model_dump(mode="json")
+
+
+def _scalar_kinds(annotation: Any) -> tuple[set[type], Any]:
+    """The scalar types a field accepts at its top level (through Optional, Union, Annotated, Literal), and
+    the annotation of its items when it is a list."""
+    kinds: set[type] = set()
+    items = None
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _scalar_kinds(typing.get_args(annotation)[0])
+    if origin is Literal:
+        return {type(v) for v in typing.get_args(annotation)}, None
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for arg in typing.get_args(annotation):
+            k, i = _scalar_kinds(arg)
+            kinds |= k
+            items = items or i
+        return kinds, items
+    if origin is list:
+        args = typing.get_args(annotation)
+        return {list}, args[0] if args else None
+    if isinstance(annotation, type):
+        kinds.add(annotation)
+    return kinds, items
+
+
+def _check_scalar(annotation: Any, value: Any) -> None:
+    kinds, items = _scalar_kinds(annotation)
+    if isinstance(value, bool):
+        if bool not in kinds and kinds & {int, float}:
+            raise ValueError(f"a boolean ({str(value).lower()}) where a number is expected")
+    elif value is not None and bool in kinds and not kinds - {bool, type(None)}:
+        raise ValueError(f"must be true or false (a YAML boolean), not {type(value).__name__} {value!r}")
+    if items is not None and isinstance(value, list):
+        for item in value:
+            _check_scalar(items, item)
 
 
 class StudyConfig(Config):
@@ -131,6 +178,22 @@ def _cached_yaml(path: str) -> dict[str, Any]:
     return load_yaml(path)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (which one should win? PyYAML
+    silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"found the key {key!r} twice (first {seen[key]})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping, following an optional ``base:`` key (a path relative to the file) first."""
     path = Path(path)
@@ -141,7 +204,10 @@ def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
         cycle = " -> ".join(str(p) for p in (*_chain, resolved))
         raise ConfigError(f"config file {path}: its base: chain loops ({cycle})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as "
+                          "UTF-8") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):

@@ -7,8 +7,11 @@ Layout of ``<out>/<name>/`` (the results notebook and the explorer read only the
     curves/<name>.csv  long-format learning curves: one row per logged point (``log_curve``)
     *.png              figures (``save_figure``)
     checkpoints/*.pt   resume state (``checkpointer``): the newest and the previous good one
+    .nbmodule-run.json the marker: the study and every file the project wrote here (``--restart`` deletes
+                       those and nothing else)
+    .nbmodule.lock     while a run holds the folder (:meth:`RunDir.lock`): its pid, host and start time
 
-Guarantees (each has a test in ``tests/test_runs.py``):
+Guarantees (each has a test in ``tests/test_runs.py`` or ``tests/test_reliability.py``):
 
 - every file is written atomically (temp file + rename, with the user's umask), because Colab disconnects
   and papermill timeouts kill kernels at arbitrary points and resume must only ever see complete files;
@@ -17,11 +20,20 @@ Guarantees (each has a test in ``tests/test_runs.py``):
 - nothing in a run folder can execute code when read: checkpoints are loaded with ``weights_only=True``
   (they hold tensors, state_dicts and plain Python values only; :func:`rng_state` stores RNG states so);
 - a checkpoint made with other settings is never resumed silently: :class:`Checkpointer` compares the
-  stored config with the current one and raises :class:`ResumeError` naming the fields that differ.
+  stored config with the current one and raises :class:`ResumeError` naming the fields that differ;
+- every ``.pt`` file is verified on load against the CRC-32 of each member of its archive (damaged tensor
+  bytes are refused, not loaded), and a damaged checkpoint falls back to the previous good one;
+- one run at a time per folder (:meth:`RunDir.lock`); a lock left by a dead process is taken over;
+- ``--restart`` (:meth:`RunDir.clear`) deletes only the files the marker lists, and refuses, deleting
+  nothing, a folder that holds anything else;
+- a non-finite loss stops training (:func:`check_finite`) naming the step and the last good checkpoint;
+  a null metric has its reason beside it (``metric_notes.json``).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import math
@@ -29,9 +41,11 @@ import os
 import platform
 import random
 import re
-import shutil
+import socket
 import tempfile
+import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
@@ -41,11 +55,104 @@ from .config import ConfigError
 if TYPE_CHECKING:  # torch is imported lazily: `python -m nbmodule list` should not pay for it
     import torch
 
-__all__ = ["RunDir", "RunContext", "Checkpointer", "ResumeError", "CheckpointError", "versions", "read_metrics",
-           "read_curve", "atomic_write_bytes", "atomic_write_text", "is_timing_key", "compare_configs",
-           "rng_state", "set_rng_state"]
+__all__ = ["RunDir", "RunContext", "Checkpointer", "ResumeError", "CheckpointError", "RunLockedError",
+           "DivergenceError", "MemoryEstimateError", "versions", "read_metrics", "read_curve", "atomic_write_bytes",
+           "atomic_write_text", "is_timing_key", "compare_configs", "rng_state", "set_rng_state", "check_finite",
+           "check_memory", "current_step", "MARKER", "LOCK"]
+
+#: The marker a run writes in its folder: the study and every file it wrote (what ``--restart`` may delete).
+MARKER = ".nbmodule-run.json"
+#: The lock file of a run folder while a run holds it (pid, host, start time).
+LOCK = ".nbmodule.lock"
+NOTES = "metric_notes.json"
+# files the project leaves behind when killed mid-write: atomic_write_bytes' temp files, check_writable's probe
+_OWN_LEFTOVERS = re.compile(r"^(\..+\.(tmp|new)|\.write-test-.*)$")
 
 _TIMING = re.compile(r"(_s|_ms|_per_s|_s_per_iter|_seconds)$")
+
+# -- what this process is doing: folders it holds (their markers record what it writes) and its step ---------
+_HELD: dict[Path, "RunDir"] = {}
+_PROGRESS: dict[str, Any] = {}
+
+
+def _note_written(*paths: str | Path) -> None:
+    """Record ``paths`` in the marker of every run folder this process holds that contains them."""
+    if not _HELD:
+        return
+    for path in paths:
+        path = Path(path)
+        full = path.parent.resolve() / path.name
+        for root, run in list(_HELD.items()):
+            try:
+                rel = full.relative_to(root)
+            except ValueError:
+                continue
+            run._record(rel.as_posix())
+
+
+def current_step() -> dict[str, Any]:
+    """The training step this process is in (``{"name", "step", "saved", "run"}``: the checkpointed loop, its
+    step, the step of its last checkpoint and its run folder), empty before any loop ran; the command line's
+    Ctrl-C message names it."""
+    return dict(_PROGRESS)
+
+
+def _newest_checkpoint(root: Path) -> tuple[Path, int] | None:
+    """The newest readable checkpoint under ``root`` (any ``checkpoints/`` folder) and its step."""
+    import torch
+
+    found = sorted((p for p in root.rglob("checkpoints/*.pt") if p.is_file()), key=lambda p: p.stat().st_mtime,
+                   reverse=True)
+    for path in found:
+        try:
+            verify_archive(path)
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            return path, int(blob.get("step", 0)) if isinstance(blob, dict) else 0
+        except Exception:  # a damaged one is not a good one: look further back
+            continue
+    return None
+
+
+def check_finite(value: Any, *, step: int, what: str, run_dir: "RunDir | str | Path | None") -> None:
+    """Stop training when ``value`` (a loss: a number or a tensor) is NaN or infinite.
+
+    :class:`DivergenceError`, one line naming ``what``, the step and the last good checkpoint in ``run_dir``
+    (which a rerun with a lower learning rate cannot resume: other settings), so a diverged run never goes on
+    to write null metrics."""
+    if hasattr(value, "detach"):
+        import torch
+
+        finite = bool(torch.isfinite(value.detach()).all())
+        shown = value.detach().float().flatten()[0].item() if value.numel() == 1 else "non-finite entries"
+    else:
+        finite = math.isfinite(float(value))
+        shown = float(value)
+    if finite:
+        return
+    where = ""
+    if run_dir is not None:
+        root = run_dir.path if isinstance(run_dir, RunDir) else Path(run_dir)
+        newest = _newest_checkpoint(root) if root.is_dir() else None
+        where = (f"; the last good checkpoint is {newest[0]} (step {newest[1]})" if newest
+                 else f"; no checkpoint was written in {root} before it")
+    raise DivergenceError(f"training diverged: {what} is {shown} at step {step}{where}. Lower the learning rate "
+                          "(or check the data) and start again in a new run folder (--out) or with --restart")
+
+
+def check_memory(needed: float, *, device: Any, what: str, hint: str = "", fraction: float = 0.9) -> None:
+    """Refuse, before training, what would not fit: :class:`MemoryEstimateError` when ``needed`` bytes exceed
+    ``fraction`` of the memory available on ``device`` (free GPU memory, or the OS's MemAvailable). A process
+    killed by the kernel says nothing, and on a shared machine the kernel may kill another one instead."""
+    from .meta.strategy import available_memory
+
+    available = available_memory(device)
+    if needed > fraction * available:
+        raise MemoryEstimateError(f"{what} needs about {_gib(needed)} (estimated before training) but "
+                                  f"{_gib(available)} is available on {device}{'; ' + hint if hint else ''}")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**28 else f"{n / 2**20:.3g} MiB"
 
 
 def is_timing_key(key: str) -> bool:
@@ -86,6 +193,7 @@ def atomic_write_bytes(path: str | Path, data: bytes | Callable[[Any], None]) ->
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _note_written(path)
     return path
 
 
@@ -108,19 +216,28 @@ def _number(key: str, value: Any) -> float | int | None:
     return value
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, kind: type | None = None) -> Any:
+    """A JSON file's content; :class:`ConfigError` naming the file when it is a folder, not JSON, or (with
+    ``kind``) not of that JSON type."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a JSON file; move it away, or start a new run folder")
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path} is damaged (not valid JSON: {err}); delete it, or start a new run folder") from None
+    if kind is not None and not isinstance(value, kind):
+        want = {dict: "an object {...}", list: "an array [...]"}.get(kind, kind.__name__)
+        raise ConfigError(f"{path} is damaged: it holds a JSON {type(value).__name__}, not {want}; delete it, "
+                          "or start a new run folder")
+    return value
 
 
 def read_metrics(path: str | Path) -> dict[str, Any]:
     """``metrics.json`` of a run folder (or the file itself); empty when absent."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not path.name.endswith(".json"):
         path = path / "metrics.json"
-    return _read_json(path) if path.is_file() else {}
+    return _read_json(path, dict) if path.exists() else {}
 
 
 def read_curve(run: str | Path, name: str) -> list[dict[str, Any]]:
@@ -188,12 +305,25 @@ class CheckpointError(RuntimeError):
     """No checkpoint of a run could be read."""
 
 
+class RunLockedError(ConfigError):
+    """Another run holds the run folder."""
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite value (:func:`check_finite`)."""
+
+
+class MemoryEstimateError(RuntimeError):
+    """A run would need more memory than is available (:func:`check_memory`)."""
+
+
 def describe_mismatch(where: str | Path, stored: Mapping[str, Any], current: Mapping[str, Any],
                       fields: Iterable[str]) -> str:
     diffs = ", ".join(f"{f} (stored {stored.get(f)!r}, now {current.get(f)!r})" for f in fields)
     return (f"{where} holds results made with other settings: {diffs}. Resuming would mix them up. Either "
             "write to a new run folder (--out DIR, or the notebook's `out` parameter), or discard the old "
-            "results with --restart (the notebook's `restart = True`).")
+            "results with --restart (the notebook's `restart = True`), which deletes only the files runs wrote "
+            f"there (listed in {MARKER}) and nothing if the folder holds anything else.")
 
 
 def rng_state() -> dict[str, Any]:
@@ -224,11 +354,25 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def verify_archive(path: str | Path) -> None:
+    """Check every member of a ``.pt`` archive against the CRC-32 stored with it (``torch.load`` does not):
+    :class:`CheckpointError` naming the file and the damaged member."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError) as err:
+        raise CheckpointError(f"{path} is damaged (not a whole torch archive: {err})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path} is damaged: the bytes of {bad} do not match their CRC-32")
+
+
 def _safe_load(path: Path, map_location: Any = "cpu") -> Any:
     import torch
 
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty")
+    verify_archive(path)
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
@@ -320,12 +464,16 @@ class Checkpointer:
         if done and self.previous.is_file():
             self.previous.unlink()
         self.step, self.done = int(step), bool(done)
+        _note_written(path, self.previous)
+        if _PROGRESS.get("name") == self.name:
+            _PROGRESS["saved"] = self.step
         return path
 
     def steps(self, total: int, *, every: int, state: Callable[[], Mapping[str, Any]]) -> Iterator[int]:
         """Steps ``self.step + 1 .. total``; after every ``every``-th step and the last one, ``state()`` is
         saved (the last with ``done=True``). Nothing is saved for a step whose body raised or broke out."""
         for step in range(self.step + 1, total + 1):
+            _PROGRESS.update(name=self.name, step=step, saved=self.step, run=self.run.path)
             yield step
             if step % every == 0 or step == total:
                 self.save(state(), step=step, done=step == total)
@@ -368,6 +516,8 @@ class RunDir:
         self.path = Path(root) / name if name else Path(root)
         if create:
             self.path.mkdir(parents=True, exist_ok=True)
+        self._files: set[str] | None = None  # the marker's list, while this process holds the folder
+        self._study = ""
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -390,17 +540,33 @@ class RunDir:
         text = json.dumps(obj, indent=2, sort_keys=True, default=str)
         return atomic_write_text(self.path / name, text)
 
-    def read_json(self, name: str, default: Any = None) -> Any:
+    def read_json(self, name: str, default: Any = None, kind: type | None = None) -> Any:
+        """A JSON file of the folder (``default`` when absent); ``kind``: the JSON type it must hold."""
         path = self.path / name
-        return _read_json(path) if path.is_file() else default
+        return _read_json(path, kind) if path.exists() else default
 
-    def write_metrics(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
-        """Merge flat ``{key: number}`` into ``metrics.json`` and return the whole file's content."""
+    def write_metrics(self, metrics: Mapping[str, Any], reasons: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Merge flat ``{key: number}`` into ``metrics.json`` and return the whole file's content.
+
+        A metric is never null without a reason: ``metric_notes.json`` holds ``{key: why}`` for every null
+        one, from ``reasons``, else said here (a non-finite value, or a ``_ci95`` of a single value)."""
         current = read_metrics(self.path)
+        notes = self.read_json(NOTES, {}, dict)
         for key, value in metrics.items():
             if not isinstance(key, str):
                 raise TypeError(f"metric keys must be strings, got {key!r}")
-            current[key] = _number(key, value)
+            number = _number(key, value)
+            current[key] = number
+            if number is not None:
+                notes.pop(key, None)
+            elif reasons and key in reasons:
+                notes[key] = reasons[key]
+            else:
+                notes[key] = _null_reason(key, value)
+        if notes:
+            self.write_json(NOTES, notes)
+        elif (self.path / NOTES).is_file():
+            (self.path / NOTES).unlink()
         self.write_json("metrics.json", current)
         return current
 
@@ -428,6 +594,7 @@ class RunDir:
                 writer.writeheader()
             for row in rows:
                 writer.writerow({k: _csv_value(v) for k, v in row.items()})
+        _note_written(path)
         return path
 
     def write_curve(self, name: str, rows: Iterable[Mapping[str, Any]]) -> Path:
@@ -476,17 +643,192 @@ class RunDir:
         """A ``.pt`` file of this run folder (e.g. ``examples.pt``), loaded with ``weights_only=True``."""
         return _safe_load(self.path / name, map_location)
 
+    # -- the lock and the marker ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, study: str = "") -> Iterator["RunDir"]:
+        """Hold the folder for one run: an exclusive lock (``fcntl.flock`` on ``.nbmodule.lock``, which holds
+        the pid, host and start time; released by the kernel even when the process is killed), and the marker
+        ``.nbmodule-run.json`` recording every file written into the folder meanwhile.
+
+        A second run on the folder raises :class:`RunLockedError` naming the holder; a lock file left by a
+        dead process is taken over with a warning naming it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(self.path / LOCK, study)
+        root = self.path.resolve()
+        before = _entries(self.path)
+        marker = self._read_marker()
+        self._files = set(marker.get("files", [])) if marker else set()
+        self._study = study or (marker or {}).get("study", "")
+        self._write_marker()
+        _HELD[root] = self
+        try:
+            yield self
+        finally:
+            _HELD.pop(root, None)
+            try:  # what appeared while the folder was held is this run's (even if written by other means)
+                now = _entries(self.path)
+                new = {f for f in now - before if f not in (MARKER, LOCK) and not _OWN_LEFTOVERS.match(Path(f).name)}
+                self._files = (self._files | new) & now
+                self._write_marker()
+            except OSError:
+                pass
+            finally:
+                self._files = None
+                _release(self.path / LOCK, fd)
+
+    def _read_marker(self) -> dict[str, Any] | None:
+        path = self.path / MARKER
+        if not path.exists():
+            return None
+        marker = _read_json(path, dict)
+        if not isinstance(marker.get("files", []), list):
+            raise ConfigError(f"{path} is damaged: its 'files' is not a list")
+        return marker
+
+    def _write_marker(self) -> None:
+        payload = {"written_by": "nbmodule", "study": self._study, "files": sorted(self._files or ())}
+        data = json.dumps(payload, indent=1).encode()
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{MARKER}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, self.path / MARKER)
+
+    def _record(self, rel: str) -> None:
+        if (self._files is not None and rel not in self._files and rel not in (MARKER, LOCK)
+                and not _OWN_LEFTOVERS.match(Path(rel).name)):
+            self._files.add(rel)
+            self._write_marker()
+
     def clear(self) -> None:
-        """Delete everything in the run folder (``--restart``): only run folders (with a config.json or
-        a checkpoints/ folder) or empty folders are cleared."""
+        """``--restart``: delete the files runs wrote in this folder, as its marker lists them, and nothing
+        else. A folder holding any other file (or no marker, unless it is empty) is refused with a
+        :class:`ConfigError` listing what it holds, before anything is deleted."""
         if not self.path.is_dir():
             return
-        entries = list(self.path.iterdir())
-        if entries and not ((self.path / "config.json").is_file() or (self.path / "checkpoints").is_dir()):
-            raise ConfigError(f"{self.path} is not a run folder (no config.json or checkpoints/), so --restart "
-                              "will not delete what it holds; choose another --out")
-        for entry in entries:
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        marker = self._read_marker()
+        recorded = set((marker or {}).get("files", [])) | (self._files or set())
+        files = [rel for rel in _entries(self.path) if rel not in (MARKER, LOCK)]
+        foreign = [rel for rel in files if rel not in recorded and not _OWN_LEFTOVERS.match(Path(rel).name)]
+        if foreign:
+            shown = ", ".join(sorted(foreign)[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
+            why = (f"holds files no run of this project recorded writing ({shown})" if marker
+                   else f"is not a run folder of this project (no {MARKER} marker) and holds {shown}")
+            raise ConfigError(f"{self.path} {why}; --restart deletes only what runs wrote, so nothing was "
+                              "deleted. Choose another --out (or --name), or move those files away yourself")
+        emptied = set()
+        for rel in files:
+            (self.path / rel).unlink()
+            emptied.update(Path(rel).parents)
+        for rel in sorted(emptied - {Path(".")}, key=lambda p: -len(p.parts)):  # folders that held only those
+            if not any((self.path / rel).iterdir()):
+                (self.path / rel).rmdir()
+        if self._files is not None:
+            self._files = set()
+            self._write_marker()
+        elif marker is not None:
+            (self.path / MARKER).unlink()
+
+
+def _entries(folder: Path) -> set[str]:
+    """Every file and link under ``folder`` (links not followed), as relative POSIX paths."""
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        rel = Path(dirpath).relative_to(folder)
+        out.update((rel / n).as_posix() for n in filenames)
+        out.update((rel / n).as_posix() for n in dirnames if os.path.islink(os.path.join(dirpath, n)))
+    return out
+
+
+def _holder(text: str) -> dict[str, Any]:
+    try:
+        info = json.loads(text)
+        return info if isinstance(info, dict) else {}
+    except ValueError:
+        return {}
+
+
+def _describe_holder(info: Mapping[str, Any]) -> str:
+    if not info:
+        return "a process that left no details"
+    study = f", study {info['study']}" if info.get("study") else ""
+    return f"pid {info.get('pid')} on host {info.get('host')}, started {info.get('started')}{study}"
+
+
+def _pid_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _acquire(path: Path, study: str) -> int:
+    """Open and lock the lock file; write our details in it. Returns its descriptor."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flocked = True
+        except BlockingIOError:
+            info = _holder(_read_fd(fd))
+            os.close(fd)
+            raise RunLockedError(f"{path.parent} is in use by another run ({_describe_holder(info)}); wait for it "
+                                 "to finish, or choose another --out (or --name)") from None
+        except OSError as err:  # a file system without flock (some network mounts): the pid in the file decides
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                os.close(fd)
+                raise
+            flocked = False
+        try:  # the file we locked may have been removed (and recreated) by its releasing holder meanwhile
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    info = _holder(_read_fd(fd))
+    here = socket.gethostname()
+    if info and info.get("pid") != os.getpid():
+        alive = info.get("host") != here or _pid_alive(info.get("pid"))
+        if not flocked and alive:
+            os.close(fd)
+            raise RunLockedError(f"{path.parent} is in use by another run ({_describe_holder(info)}); wait for it "
+                                 f"to finish, or, if it is gone, delete {path}")
+        warnings.warn(f"{path.parent}: took over the stale lock of a run that is gone ({_describe_holder(info)})",
+                      stacklevel=4)
+    me = {"pid": os.getpid(), "host": here, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "study": study}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    return fd
+
+
+def _read_fd(fd: int) -> str:
+    try:
+        return os.pread(fd, 4096, 0).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _release(path: Path, fd: int) -> None:
+    try:
+        path.unlink()  # while still holding it: a waiting opener of the old file sees it gone and retries
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _null_reason(key: str, value: Any) -> str:
+    if value is not None:
+        return f"the study computed a non-finite value ({value})"
+    if key.endswith("_ci95"):
+        return "a 95% interval needs two or more values (seeds, runs); there was one"
+    return "the study reported no value and gave no reason"
 
 
 def _csv_value(v: Any) -> Any:

@@ -8,6 +8,7 @@ folder: ``config.json``, ``metrics.json``, curves, checkpoints and one PNG per f
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -28,6 +29,11 @@ class Study:
     name: str
     notebook: str  # the notebook's stem; also the run folder's name
     title: str
+    # The list fields whose entries are independent runs: the cells of a sweep (nbmodule.sweep), e.g. regimes x
+    # seeds. Each entry keeps its own checkpoints, named by the entry and made with a config that leaves these
+    # lists out, and the study's run reuses a finished one's result: so `run` over the cells' gathered
+    # checkpoints trains nothing and is the study's reduction, writing what one whole-grid run writes.
+    cells: tuple[str, ...] = ()
 
     @property
     def engine(self) -> Any:
@@ -57,9 +63,12 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
     Study("replay", "02_sequential_replay",
           "Sequential segmentation, detection and classification in one model, with experience replay"),
     Study("mtml", "03_mtml", "Multi-task meta-learning for dense prediction (MTML)"),
-    Study("maml_sampling", "04_maml_sampling", "Task-weighted MAML: priority-queue task sampling"),
+    Study("maml_sampling", "04_maml_sampling", "Task-weighted MAML: priority-queue task sampling",
+          cells=("regimes", "seeds")),
     Study("fewshot", "05_maml_fewshot", "MAML few-shot classification (Omniglot, MiniImagenet)"),
-    Study("maml_rl", "07_maml_rl", "MAML for reinforcement learning (2D navigation, HalfCheetah)"),
+    # not baselines: every cell trains MAML, so a cell per baseline would train it once per baseline
+    Study("maml_rl", "07_maml_rl", "MAML for reinforcement learning (2D navigation, HalfCheetah)",
+          cells=("envs", "seeds")),
 )}
 
 
@@ -119,30 +128,57 @@ def save_figures(study: Study, run: RunDir) -> dict[str, Path]:
     return saved
 
 
-def execute(study: Study | str, cfg: StudyConfig, run_dir: RunDir | str | Path, ctx: RunContext) -> dict[str, Any]:
+def _has_results(run: RunDir) -> bool:
+    """Whether a run folder holds results (metrics, curves or checkpoints), not just a config.json: a folder
+    whose run failed before training (a data or shape check) may be reused with corrected settings."""
+    if (run.path / "metrics.json").exists():
+        return True
+    for dirpath, _, filenames in os.walk(run.path):
+        if Path(dirpath).name in ("checkpoints", "curves") and any(not n.startswith(".") for n in filenames):
+            return True
+    return False
+
+
+def execute(study: Study | str, cfg: StudyConfig, run_dir: RunDir | str | Path, ctx: RunContext, *,
+            figures: bool = True) -> dict[str, Any]:
     """Run a study into ``run_dir`` and return its ``metrics.json``: the one path behind every door.
+    ``figures=False`` skips drawing the figures (a sweep's cells: the aggregate draws them).
 
-    An existing run folder of the same settings resumes; one whose ``config.json`` differs in a field that is
-    neither resumable nor neutral is refused (:class:`~nbmodule.runs.ResumeError`) unless ``ctx.restart``.
+    The folder is held for the whole run (:meth:`~nbmodule.runs.RunDir.lock`: a second run on it is refused,
+    naming the holder). An existing run folder of the same settings resumes; one whose ``config.json`` differs
+    in a field that is neither resumable nor neutral is refused (:class:`~nbmodule.runs.ResumeError`) unless
+    ``ctx.restart`` (which deletes only the files runs wrote there), or unless it holds no results yet (a run
+    that failed before training: its folder is reused).
     """
-    from .env import seed_everything, set_threads
-
     study = get_study(study) if isinstance(study, str) else study
     if not isinstance(cfg, study.config_class):
         raise ConfigError(f"study {study.name!r} needs a {study.config_class.__name__}, got {type(cfg).__name__}")
     folder = check_writable(run_dir.path if isinstance(run_dir, RunDir) else run_dir)
     run = RunDir(folder)
+    with run.lock(study.name):
+        return _execute_locked(study, cfg, run, ctx, figures)
+
+
+def _execute_locked(study: Study, cfg: StudyConfig, run: RunDir, ctx: RunContext, figures: bool = True
+                    ) -> dict[str, Any]:
+    from .env import seed_everything, set_threads
+
     if ctx.restart:
         run.clear()
-    stored = run.read_json("config.json")
+    stored = run.read_json("config.json", kind=dict)
     current = cfg.to_dict()
+    if stored is not None and not _has_results(run):
+        stored = None  # nothing to mix up: the settings of a run that stopped before any result are replaced
     if stored is not None:
         if stored.get("study") != study.name:
             raise ResumeError(f"{run.path} holds a run of study {stored.get('study')!r}, not {study.name!r}; "
                               "choose another --out, or --restart to discard it")
-        refused, _ = compare_configs(stored.get("config", {}), current, resumable=cfg.RESUMABLE, neutral=cfg.NEUTRAL)
+        stored_cfg = stored.get("config", {})
+        if not isinstance(stored_cfg, dict):
+            raise ConfigError(f"{run.path / 'config.json'} is damaged: its 'config' is not an object")
+        refused, _ = compare_configs(stored_cfg, current, resumable=cfg.RESUMABLE, neutral=cfg.NEUTRAL)
         if refused:
-            raise ResumeError(describe_mismatch(run.path, stored.get("config", {}), current, refused))
+            raise ResumeError(describe_mismatch(run.path, stored_cfg, current, refused))
     device = getattr(ctx.device, "type", str(ctx.device))
     run.save_config(cfg, study=study.name, device=device, status="running")
     threads_before = set_threads(None)
@@ -151,12 +187,18 @@ def execute(study: Study | str, cfg: StudyConfig, run_dir: RunDir | str | Path, 
         seed_everything(int(getattr(cfg, "seed", 0)))
         metrics = study.engine.run(cfg, run, ctx)
         final = run.write_metrics(metrics)
-        save_figures(study, run)
+        if figures:
+            save_figures(study, run)
     except ResumeError:  # a checkpoint inside refused these settings: config.json must not claim them
         if stored is None:
             (run.path / "config.json").unlink(missing_ok=True)
         else:
             run.write_json("config.json", stored)
+        raise
+    except BaseException as err:  # say so in config.json (a failed write, e.g. a full disk, changes nothing)
+        first = str(err).splitlines()[0] if str(err) else ""
+        with contextlib.suppress(OSError):
+            run.save_config(cfg, study=study.name, device=device, status=f"stopped ({type(err).__name__}: {first})")
         raise
     finally:
         set_threads(threads_before)

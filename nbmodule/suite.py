@@ -77,7 +77,10 @@ def find_notebooks(folder: str | Path, only: Sequence[str] = ()) -> list[Path]:
     if not books:
         raise SuiteError(f"no numbered notebooks (NN_*.ipynb) in {folder}")
     if only:
-        wanted = [o.strip() for o in only if o.strip()]
+        wanted = [o.strip() for o in only]
+        if not all(wanted):
+            raise SuiteError(f"--only {','.join(only)!r} holds an empty notebook prefix; give prefixes such as "
+                             f"02,04 (have: {', '.join(b.stem for b in books)})")
         chosen = [b for b in books if any(b.stem == w or b.stem.startswith(w) for w in wanted)]
         unmatched = [w for w in wanted if not any(b.stem == w or b.stem.startswith(w) for b in books)]
         if unmatched:
@@ -227,14 +230,19 @@ def _merge_summary(path: Path, summary: dict[str, Any], result: dict[str, Any]) 
 
 
 def _previous_summary(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
+    """The results of an earlier ``summary.json``; a damaged one is kept as ``summary.json.bad`` (never
+    overwritten by the new summary) and a new one is started."""
+    if not path.exists():
         return []
     try:
-        old = _read_json(path)
+        old = _read_json(path, dict)
     except ConfigError as err:
-        print(f"[suite] warning: {err}; starting a new summary", file=sys.stderr)
+        bad = path.with_name(path.name + ".bad")
+        os.replace(path, bad)
+        print(f"[suite] warning: {err}; kept it as {bad} and starting a new summary", file=sys.stderr)
         return []
-    return [r for r in old.get("results", []) if isinstance(r, dict) and "notebook" in r]
+    results = old.get("results", [])
+    return [r for r in results if isinstance(r, dict) and "notebook" in r] if isinstance(results, list) else []
 
 
 def run_suite(profile: str = "cpu", *, only: Sequence[str] = (), out: str | Path | None = None,

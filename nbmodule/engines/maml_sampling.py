@@ -64,9 +64,10 @@ from ..meta.maml import adapt
 from ..metrics import mean_confidence_interval
 from ..models.mlp import mlp
 from ..progress import progress_bar
-from ..runs import RunContext, RunDir, atomic_write_text
+from ..runs import ResumeError, RunContext, RunDir, atomic_write_text, check_finite, check_memory
 
-__all__ = ["NAME", "Config", "MamlSamplingConfig", "train_regime", "run", "run_study", "summarise"]
+__all__ = ["NAME", "Config", "MamlSamplingConfig", "train_regime", "run", "run_study", "summarise", "growable",
+           "estimate_memory"]
 
 NAME = "maml_sampling"
 
@@ -78,34 +79,36 @@ class MamlSamplingConfig(StudyConfig):
     """Settings of the task-weighted MAML study; values in ``nbmodule/configs/maml_sampling/*.yaml``."""
 
     STUDY: ClassVar[str] = NAME
-    # each (regime, seed) pair has its own checkpoint: a run folder may gain regimes and seeds
-    RESUMABLE: ClassVar[frozenset[str]] = frozenset({"regimes", "seeds"})
+    # each (regime, seed) pair has its own checkpoint: a run folder may gain regimes and seeds; meta_iterations
+    # may grow where no schedule depends on the total (:func:`growable`: not epsilon-greedy annealed over half
+    # the run); queue snapshots taken before the growth are kept, later ones follow the new total
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset({"regimes", "seeds", "meta_iterations"})
     NEUTRAL: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
 
     family: Literal["2d", "3d"]                        # sinusoid family: amplitude+phase, or + frequency
     regimes: list[Regime]                              # sampling regimes to train, each its own models
-    k_shot: int = Field(gt=0)                          # support points per task (K)
-    k_query: int = Field(gt=0)                         # query points per training task
-    inner_steps: int = Field(ge=1)                     # inner gradient steps during meta-training
+    k_shot: int = Field(gt=0, le=10_000)               # support points per task (K)
+    k_query: int = Field(gt=0, le=10_000)              # query points per training task
+    inner_steps: int = Field(ge=1, le=100)             # inner gradient steps during meta-training
     inner_lr: float = Field(gt=0)                      # inner step size (training and fine-tuning)
     first_order: bool                                  # FOMAML instead of second-order MAML
     meta_lr: float = Field(gt=0)                       # Adam learning rate of the meta-update
-    meta_batch_size: int = Field(gt=0)                 # tasks per meta-iteration
-    meta_iterations: int = Field(gt=0)                 # meta-iterations per (regime, seed)
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)  # one model per seed and regime
+    meta_batch_size: int = Field(gt=0, le=1_000_000)   # tasks per meta-iteration (memory checked before training)
+    meta_iterations: int = Field(gt=0, le=100_000_000)  # meta-iterations per (regime, seed)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(min_length=1, max_length=100)  # one model per seed
     hidden: list[Annotated[int, Field(gt=0, le=4096)]] = Field(min_length=1, max_length=8)  # MLP widths
-    eval_every: int = Field(gt=0)                      # test-grid / held-out evaluation period (iterations)
-    eval_steps: int = Field(ge=1)                      # fine-tuning steps at evaluation
-    eval_points: int = Field(gt=0)                     # fresh query points per evaluation task
-    heldout_tasks: int = Field(gt=0)                   # held-out tasks drawn uniformly (fixed seed)
-    log_every: int = Field(gt=0)                       # training-loss row period (iterations)
-    checkpoint_every: int = Field(gt=0)                # checkpoint period (iterations)
-    queue_snapshots: int = Field(ge=1)                 # priority-queue heatmaps kept (evenly spaced, incl. 0)
+    eval_every: int = Field(gt=0, le=100_000_000)      # test-grid / held-out evaluation period (iterations)
+    eval_steps: int = Field(ge=1, le=1000)             # fine-tuning steps at evaluation
+    eval_points: int = Field(gt=0, le=100_000)         # fresh query points per evaluation task
+    heldout_tasks: int = Field(gt=0, le=1_000_000)     # held-out tasks drawn uniformly (fixed seed)
+    log_every: int = Field(gt=0, le=100_000_000)       # training-loss row period (iterations)
+    checkpoint_every: int = Field(gt=0, le=100_000_000)  # checkpoint period (iterations)
+    queue_snapshots: int = Field(ge=1, le=1000)        # priority-queue heatmaps kept (evenly spaced, incl. 0)
     queue_init_scale: float = Field(gt=0)              # cells start uniform in [0.5, 1.5) * this
     epsilon_start: float = Field(ge=0, le=1)           # epsilon-greedy: exploration probability at first
     epsilon_final: float = Field(ge=0, le=1)           # ... after annealing
-    epsilon_anneal_start: int = Field(ge=0)            # ... constant until this iteration
-    epsilon_anneal_steps: Optional[int] = Field(gt=0)  # ... linear over this many (None: half the run)
+    epsilon_anneal_start: int = Field(ge=0, le=100_000_000)  # ... constant until this iteration
+    epsilon_anneal_steps: Optional[int] = Field(gt=0, le=100_000_000)  # ... linear over this many (None: half the run)
 
     @field_validator("regimes", "seeds")
     @classmethod
@@ -178,6 +181,38 @@ def _examples(model: torch.nn.Module, cfg: MamlSamplingConfig, device: torch.dev
     return {"x": x.tolist(), "steps": [0, 1, cfg.eval_steps], "tasks": tasks}
 
 
+def growable(cfg: MamlSamplingConfig, regime: str) -> bool:
+    """Whether a (regime, seed) may continue to a larger ``meta_iterations``: not when its epsilon schedule
+    spans half the run (``epsilon_anneal_steps: null`` for epsilon-greedy), which a larger total would change
+    from the first iteration."""
+    return regime != "epsilon_greedy" or cfg.epsilon_anneal_steps is not None
+
+
+def estimate_memory(cfg: MamlSamplingConfig, device: torch.device | str = "cpu") -> float:
+    """Bytes the study needs at its peak, estimated before training: autograd's saved tensors of one
+    meta-iteration (:func:`nbmodule.meta.strategy.estimate_peak_bytes`, measured on two tasks and scaled to
+    ``meta_batch_size``) or of an evaluation (the held-out tasks or the test grid, fine-tuned at once), whichever
+    is larger, plus the tasks' points."""
+    from ..meta.strategy import estimate_peak_bytes, graph_bytes
+
+    device = torch.device(device)
+    family = get_family(cfg.family)
+    model = _build(cfg, 0, device)
+    params = dict(model.named_parameters())
+    two = family.heldout(2)
+    gen = torch.Generator().manual_seed(0)
+    tasks = make_tasks(two, cfg.k_shot, cfg.k_query, gen, x_range=family.x_range, device=device)
+    meta = estimate_peak_bytes(model, params, tasks, F.mse_loss, "loop", steps=cfg.inner_steps,
+                               inner_lr=cfg.inner_lr, first_order=cfg.first_order) * cfg.meta_batch_size / 2
+    evals = evaluation_tasks(two, cfg.k_shot, cfg.eval_points, seed=0, device=device)
+    _, saved = graph_bytes(lambda: finetune_curve(model, params, evals, F.mse_loss, steps=1, inner_lr=cfg.inner_lr,
+                                                  strategy="loop"))
+    n_eval = max(cfg.heldout_tasks, len(family.test_grid()))
+    evaluation = 2.0 * saved * n_eval / 2
+    points = 4 * 2 * (cfg.meta_batch_size * (cfg.k_shot + cfg.k_query) + 2 * n_eval * (cfg.k_shot + cfg.eval_points))
+    return max(meta, evaluation) + points
+
+
 def _pair_config(cfg: MamlSamplingConfig) -> dict[str, Any]:
     """What one (regime, seed) checkpoint depends on: the config without the lists of regimes and seeds."""
     return {k: v for k, v in cfg.to_dict().items() if k not in ("regimes", "seeds")}
@@ -199,10 +234,19 @@ def train_regime(cfg: MamlSamplingConfig, regime: str, seed: int, run: RunDir, *
     gen = torch.Generator().manual_seed(10_007 * seed + 17)
     queue = family.make_queue(gen, cfg.queue_init_scale)
     state: dict[str, Any] = {"train_rows": [], "test_rows": [], "snapshots": [], "seconds": 0.0, "acc": [0.0, 0.0, 0]}
-    ck = run.checkpointer(f"{regime}_s{seed}", config=_pair_config(cfg), neutral=cfg.NEUTRAL)
-    saved = ck.load()
+    grows = growable(cfg, regime)
+    ck = run.checkpointer(f"{regime}_s{seed}", config=_pair_config(cfg), neutral=cfg.NEUTRAL,
+                          resumable={"meta_iterations"} if grows else ())
+    try:
+        saved = ck.load()
+    except ResumeError as err:
+        if grows or "meta_iterations" not in str(err):
+            raise
+        raise ResumeError(f"{err} (meta_iterations cannot grow for epsilon_greedy with epsilon_anneal_steps: "
+                          "null: its epsilon schedule spans half the run, so a larger total changes it from the "
+                          "first iteration; set epsilon_anneal_steps to grow it)") from None
     if saved is not None:
-        if ck.done and "result" in saved:
+        if ck.done and "result" in saved and ck.step == cfg.meta_iterations:
             if bar is not None:
                 bar.update(cfg.meta_iterations)
             return saved["result"]
@@ -240,6 +284,7 @@ def train_regime(cfg: MamlSamplingConfig, regime: str, seed: int, run: RunDir, *
         weights = draw.weights.to(device=device, dtype=torch.float32) if importance else None
         loss, per_task = meta_loss(model, params, tasks, F.mse_loss, steps=cfg.inner_steps, inner_lr=cfg.inner_lr,
                                    first_order=cfg.first_order, weights=weights)
+        check_finite(loss, step=it, what=f"the meta-loss ({regime}, seed {seed})", run_dir=run)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -313,6 +358,10 @@ def run_study(cfg: MamlSamplingConfig, run: RunDir, *, device: torch.device | st
     files listed in this module's docstring and return the metrics."""
     device = torch.device(device)
     family = get_family(cfg.family)
+    check_memory(estimate_memory(cfg, device), device=device,
+                 what=f"meta_batch_size={cfg.meta_batch_size} (K={cfg.k_shot}+{cfg.k_query}, hidden {cfg.hidden}) "
+                      f"with {cfg.heldout_tasks} held-out tasks",
+                 hint="lower meta_batch_size, k_shot/k_query, hidden or heldout_tasks")
     results: dict[tuple[str, int], dict[str, Any]] = {}
     total = len(cfg.regimes) * len(cfg.seeds) * cfg.meta_iterations
     with progress_bar(total=total, desc="meta-training", enabled=progress) as bar:
