@@ -9,6 +9,9 @@ a new study needs no code in ``viz`` to appear in the explorer.
 from __future__ import annotations
 
 import json
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +21,8 @@ import pandas as pd
 from ..metrics import ci95_factor
 
 __all__ = ["X_COLUMNS", "KEY_COLUMNS", "find_studies", "overview", "list_curves", "read_curves", "read_metrics_file",
-           "x_columns", "metric_columns", "smooth", "aggregate_seeds", "lower_is_better", "final_values"]
+           "x_columns", "metric_columns", "smooth", "aggregate_seeds", "lower_is_better", "final_values",
+           "seed_folders", "read_run_config", "Progress", "run_progress", "mean_ci", "seed_metrics"]
 
 #: Columns that may serve as the x-axis of a curve, in order of preference.
 X_COLUMNS = ("step", "epoch", "iteration", "stage", "shots")
@@ -193,3 +197,113 @@ def final_values(df: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
                      "ci95": ci95_factor(n) * std / np.sqrt(n) if n > 1 else float("nan"), "seeds": n,
                      "best": float(g[metric].min() if lower else g[metric].max())})
     return pd.DataFrame(rows, columns=["run", f"final_{x}", "mean", "std", "ci95", "seeds", "best"])
+
+
+# --- results folders: one run, or one run per seed -----------------------------------------------------
+_SEED_FOLDER = re.compile(r"^seed(\d+)$")
+#: config fields that count a run's planned iterations, in order of preference
+_PLANNED = ("meta_iterations", "iterations")
+
+
+def seed_folders(folder: str | Path) -> list[Path]:
+    """The run folders behind one result: ``folder`` itself when it holds ``config.json``, else its
+    sub-folders named ``seed<N>`` that hold one, in seed order (``[]`` when neither exists)."""
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        return [folder]
+    if not folder.is_dir():
+        return []
+    subs = [(int(m.group(1)), p) for p in folder.iterdir()
+            if p.is_dir() and (m := _SEED_FOLDER.match(p.name)) and (p / "config.json").is_file()]
+    return [p for _, p in sorted(subs)]
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's ``config.json`` (``{"config": {...}, "status": ..., ...}``); empty when absent."""
+    return read_metrics_file(Path(run_dir) / "config.json")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a result got: ``status`` is ``missing`` (no run folder), ``partial`` or ``complete``;
+    ``runs_done`` of ``runs`` run folders (seeds) are complete; ``done`` of ``planned`` iterations were
+    logged by the least advanced unfinished run (None where the config names no iteration count)."""
+    status: str
+    runs: int = 0
+    runs_done: int = 0
+    done: int | None = None
+    planned: int | None = None
+
+    def describe(self, unit: str = "iterations") -> str:
+        """``not run yet``, ``complete`` or ``partial: 2 of 3 runs complete, 4 000 of 15 000 iterations``."""
+        if self.status == "missing":
+            return "not run yet"
+        if self.status == "complete":
+            return "complete"
+        parts = []
+        if self.runs > 1:
+            parts.append(f"{self.runs_done} of {self.runs} runs complete")
+        if self.planned:
+            parts.append(f"{_thousands(self.done or 0)} of {_thousands(self.planned)} {unit}")
+        return "partial: " + (", ".join(parts) if parts else "no metrics.json yet")
+
+
+def _thousands(n: int) -> str:
+    return f"{n:,}".replace(",", " ")
+
+
+def _logged_iterations(run_dir: Path) -> int:
+    """The furthest iteration any curve of ``run_dir`` logged (``step`` or ``iteration``), 0 when none."""
+    best = 0
+    for df in read_curves(run_dir).values():
+        for col in ("step", "iteration"):
+            if col in df.columns:
+                vals = pd.to_numeric(df[col], errors="coerce").dropna()
+                if len(vals):
+                    best = max(best, int(vals.max()))
+    return best
+
+
+def run_progress(folder: str | Path) -> Progress:
+    """:class:`Progress` of a result folder (one run folder, or ``seed<N>`` sub-folders). A run is complete
+    when its ``config.json`` says ``"status": "complete"`` and it holds ``metrics.json``."""
+    runs = seed_folders(folder)
+    if not runs:
+        return Progress("missing")
+    done, least, planned = 0, None, None
+    for run in runs:
+        cfg = read_run_config(run)
+        if cfg.get("status") == "complete" and (run / "metrics.json").is_file():
+            done += 1
+            continue
+        fields = cfg.get("config", {}) if isinstance(cfg.get("config"), dict) else {}
+        plan = next((int(fields[k]) for k in _PLANNED if isinstance(fields.get(k), (int, float))), None)
+        logged = _logged_iterations(run)
+        if least is None or logged < least:
+            least, planned = logged, plan
+    if done == len(runs):
+        return Progress("complete", len(runs), done)
+    return Progress("partial", len(runs), done, least if planned else None, planned)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float, int]:
+    """``(mean, Student-t 95% half-width, n)`` over the finite ``values`` (half-width NaN below 2 values)."""
+    vals = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = len(vals)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    half = ci95_factor(n) * float(vals.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
+    return float(vals.mean()), half, n
+
+
+def seed_metrics(folder: str | Path) -> dict[str, tuple[float, float, int]]:
+    """Every numeric ``metrics.json`` key of a result's complete seed runs: ``{key: (mean, ci95, n)}`` over
+    seeds (:func:`mean_ci`). A single run folder gives its values with NaN intervals."""
+    per_key: dict[str, list[float]] = {}
+    for run in seed_folders(folder):
+        if read_run_config(run).get("status") != "complete":
+            continue
+        for key, value in read_metrics_file(run).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                per_key.setdefault(key, []).append(float(value))
+    return {k: mean_ci(v) for k, v in sorted(per_key.items())}

@@ -1,0 +1,130 @@
+"""The results report: the README's Results section is what `python -m nbmodule report results/` renders from the
+committed run folders, every committed result says how it was made, and missing, partial and multi-seed
+results render as such."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from nbmodule.cli import main as cli
+from nbmodule.runs import RunDir
+from nbmodule.viz.paper import protocol_differences, verdict
+from nbmodule.viz.report import (BEGIN, COMMAND_FIELDS, END, EXPECTED, read_command, readme_block, render_folder,
+                                 render_results)
+from nbmodule.viz.rundata import run_progress, seed_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results"
+
+
+def test_readme_results_section_is_the_report_of_results():
+    """Fails when a number in the README's Results section and the committed results/ disagree."""
+    block = readme_block((REPO / "README.md").read_text(encoding="utf-8"))
+    rendered = render_results(RESULTS)
+    assert block.strip() == rendered.strip(), (
+        "README.md's results block differs from the report of results/: run "
+        "`python -m nbmodule report results/ --readme README.md --write`")
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in RESULTS.iterdir() if p.is_dir()))
+def test_every_committed_result_says_how_it_was_made_and_holds_no_checkpoint(folder):
+    path = RESULTS / folder
+    command = read_command(path)
+    missing = [f for f in ("command", *COMMAND_FIELDS) if not command.get(f)]
+    assert not missing, f"{path}/COMMAND.md lacks {', '.join(missing)}"
+    assert command["command"].startswith("python -m nbmodule run "), command["command"]
+    assert not list(path.rglob("checkpoints")) and not list(path.rglob("*.pt")), f"{path} holds checkpoints"
+
+
+def _fewshot_run(folder: Path, seed: int, acc: float | None, iterations: int = 1000, logged: int = 1000) -> None:
+    run = RunDir(folder)
+    cfg = {"dataset": "omniglot", "n_way": 5, "k_shot": 1, "omniglot_split": "background", "meta_batch_size": 8,
+           "meta_iterations": iterations, "first_order": False, "downsample": "maxpool", "eval_episodes": 600,
+           "val_episodes": 100, "seed": seed, "inner_steps": 1, "inner_steps_test": 3, "inner_lr": 0.4,
+           "meta_lr": 0.001}
+    (run.path / "config.json").write_text(json.dumps(
+        {"config": cfg, "status": "complete" if acc is not None else "running", "study": "fewshot"}))
+    run.log_curve("fewshot_val", [{"run": "omniglot_5way_1shot", "seed": seed, "step": s, "val_loss": 1.0,
+                                   "val_acc": 0.5 + s / 10_000} for s in range(0, logged + 1, 100)])
+    if acc is not None:
+        run.write_metrics({"omniglot_5way_1shot_acc": acc, "omniglot_5way_1shot_ci95": 1.0,
+                           "omniglot_lake20_error": 40.0 - seed})
+
+
+def test_seed_folders_give_mean_and_student_t_interval(tmp_path):
+    folder = tmp_path / "results" / "05_maml_fewshot"
+    for seed, acc in enumerate((90.0, 91.0, 92.0)):
+        _fewshot_run(folder / f"seed{seed}", seed, acc)
+    mean, ci, n = seed_metrics(folder)["omniglot_5way_1shot_acc"]
+    # values 90, 91, 92: std 1, t(0.975, 2 dof) = 4.3027
+    assert (mean, n) == (91.0, 3) and math.isclose(ci, 4.302653 / math.sqrt(3), rel_tol=1e-5)
+    text = render_folder(folder)
+    assert "status: complete" in text and "3 seed folders" in text
+    assert "| test accuracy (%) | 91.0 ± 2.5 |" in text
+    assert "budget: meta-iterations 1 000 (paper 60 000)" in text and "protocol: Omniglot split background" in text
+    assert "**not reproduced**: 7.7 worse than the paper (the run differs in protocol and budget)" in text
+
+
+def test_missing_and_partial_results_say_so(tmp_path):
+    root = tmp_path / "results"
+    folder = root / "05_maml_fewshot_omniglot"
+    _fewshot_run(folder, 0, None, iterations=15000, logged=3000)
+    assert run_progress(folder).describe() == "partial: 3 000 of 15 000 iterations"
+    text = render_results(root)
+    assert "status: partial: 3 000 of 15 000 iterations" in text
+    assert "last validation accuracy (%, 100 episodes, not a test score) | 80.0 at iteration 3000" in text
+    assert "| 5-way 1-shot accuracy (%) | 98.7 ± 0.4 (Finn et al. 2017, Table 1) | - |" in text
+    for name in EXPECTED:  # every expected result has its section, saying it has not run
+        if name != folder.name:
+            assert f"(`results/{name}/`)\n\nstatus: not run yet." in text
+    # a seed still running beside finished ones: counted, and left out of the means
+    seeds = root / "02_x"
+    _fewshot_run(seeds / "seed0", 0, 90.0)
+    _fewshot_run(seeds / "seed1", 1, None, logged=400)
+    assert run_progress(seeds).describe() == "partial: 1 of 2 runs complete, 400 of 1 000 iterations"
+    assert seed_metrics(seeds)["omniglot_5way_1shot_acc"][2] == 1
+
+
+def test_a_new_folder_appears_in_its_notebooks_place(tmp_path):
+    root = tmp_path / "results"
+    _fewshot_run(root / "05_maml_fewshot_miniimagenet", 0, 50.0)
+    text = render_results(root)
+    assert text.index("results/05_maml_fewshot_omniglot/") < text.index("results/05_maml_fewshot_miniimagenet/") \
+        < text.index("results/07_maml_rl/")
+
+
+def test_verdicts():
+    assert verdict(98.5, 0.5, 98.7, 0.4).startswith("**reproduced** (within the paper's interval)")
+    assert verdict(-4.91, 8.52, -3.33).startswith("**reproduced** (the paper's value is within our 95% CI)")
+    assert verdict(-6.03, 0.55, -3.23) == "**not reproduced**: 2.80 worse than the paper"
+    assert verdict(0.2, 0.01, 0.3, higher_is_better=False) == "**not reproduced**: 0.10 better than the paper"
+    assert verdict(float("nan"), float("nan"), 1.0) == "not measured yet"
+    assert protocol_differences({"iterations": 200, "horizon": 100, "seeds": [0]}, "maml_rl/cheetah") == [
+        ("budget", "meta-iterations 200 (paper 500)"), ("protocol", "horizon 100 (paper 200)")]
+
+
+def test_check_fails_when_the_readme_disagrees_and_write_repairs_it(tmp_path, capsys):
+    root = tmp_path / "results"
+    _fewshot_run(root / "05_maml_fewshot" / "seed0", 0, 93.25)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{BEGIN}\n\nold numbers: 93.3\n\n{END}\n\n## after\n")
+    assert cli(["report", str(root), "--readme", str(readme), "--check"]) == 1
+    assert "+| test accuracy (%) | 93.2 ± 1.0 |" in capsys.readouterr().out
+    assert cli(["report", str(root), "--readme", str(readme), "--write"]) == 0
+    assert cli(["report", str(root), "--readme", str(readme), "--check"]) == 0
+    text = readme.read_text()
+    assert text.startswith("# title\n\n") and text.endswith(f"{END}\n\n## after\n") and "old numbers" not in text
+    capsys.readouterr()
+    assert cli(["report", str(root), "--markdown"]) == 0
+    assert capsys.readouterr().out.strip() == render_results(root).strip()
+
+
+def test_bad_input_is_one_error_line(tmp_path, capsys):
+    assert cli(["report", str(tmp_path / "nowhere")]) == 2
+    assert "error: results folder not found" in capsys.readouterr().err
+    (tmp_path / "README.md").write_text("no markers\n")
+    assert cli(["report", str(tmp_path), "--readme", str(tmp_path / "README.md"), "--check"]) == 2
+    assert "README.md: expected one line" in capsys.readouterr().err
