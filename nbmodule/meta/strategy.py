@@ -28,6 +28,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..profiling import interleaved_seconds
+from .batched import Unsupported, compile_batched, retain_freed_memory
+from .functional import meta_loss, resolve_strategy, vmap_problem
 
 __all__ = ["StrategyChoice", "choose_strategy", "decide", "available_memory", "graph_bytes", "estimate_peak_bytes"]
 
@@ -107,8 +109,6 @@ def estimate_peak_bytes(model: nn.Module, params: Mapping[str, Tensor], tasks: S
     graph lives until the backward; the backward allocates gradients of about the same size as it frees).
     ``vmap`` (whose ``torch.func`` transforms refuse the saved-tensor hooks that count the bytes) is counted as
     the loop: it keeps the same per-task tensors, stacked."""
-    from .maml import meta_loss
-
     if strategy == "vmap":
         strategy = "loop"
     T = tasks[0].shape[0]
@@ -144,9 +144,6 @@ def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Seque
     ``protocol``), so the measurement sees the allocator training will run with.
     No ``.grad`` is touched and the global RNG state is restored.
     """
-    from .batched import Unsupported, compile_batched, retain_freed_memory
-    from .maml import meta_loss, resolve_strategy, vmap_problem
-
     xs = tasks[0]
     device = xs.device
     T = xs.shape[0]
@@ -195,10 +192,14 @@ def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Seque
 
     meta_params = list({id(t): t for t in [*params.values(), *model.parameters()] if t.requires_grad}.values())
 
+    ran: dict[str, dict[str, Any]] = {}  # label -> what the last timed call of that candidate actually ran
+
     def iteration(strategy: str, chunk: int | None) -> Callable[[], None]:
+        report = ran.setdefault(_label(strategy, chunk), {})
+
         def run() -> None:
             loss = meta_loss(model, params, tasks, loss_fn, steps=steps, inner_lr=inner_lr, first_order=first_order,
-                             buffers=buffers, strategy=strategy, chunk=chunk)[0]
+                             buffers=buffers, strategy=strategy, chunk=chunk, report=report)[0]
             torch.autograd.grad(loss, meta_params, allow_unused=True)
         return run
 
@@ -228,6 +229,13 @@ def choose_strategy(model: nn.Module, params: Mapping[str, Tensor], tasks: Seque
         runs = {_label(s, c): iteration(s, c) for s, c in fitting}
         # a single candidate needs no race
         seconds = interleaved_seconds(runs, device, repeats=repeats, warmup=warmup) if len(runs) > 1 else {}
+    # a candidate that ran something else (the batched path falling back to the loop while running) was timing
+    # that other strategy under its own label: it is no candidate, and the record says why
+    for label, report in ran.items():
+        if seconds and report.get("fallback"):
+            excluded[label] = report["fallback"]
+            seconds.pop(label, None)
+            fitting = [c for c in fitting if _label(*c) != label] or [("loop", None)]
     medians = {k: statistics.median(v) for k, v in seconds.items()}
     best = decide(medians) if medians else _label(*fitting[0])
     strategy, chunk = next((s, c) for s, c in fitting if _label(s, c) == best)
