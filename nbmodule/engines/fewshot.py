@@ -20,21 +20,29 @@ Protocols (stated again in ``evaluation.json`` and in the notebook):
   episodes (1.96 std / sqrt(episodes)), as the paper reports.
 * ``omniglot_lake20_error``: error (percent) on the 20 official one-shot runs of Lake et al. (2015), 20-way
   1-shot, each run's 20 training images as the support set (the 5-way head's mean row repeated 20 times as
-  the initial 20-way head), ``inner_steps_test`` steps, scored with its ``class_labels.txt``. Written only
+  the initial 20-way head), ``inner_steps_test`` steps, scored with its ``class_labels.txt``, each test item
+  classified on its own with batch norm statistics from the support set (:func:`support_statistics_logits`):
+  the score comparable to people's and BPL's, who classify one item at a time.
+  ``omniglot_lake20_error_transductive``: the same, the 20 test items of a run classified as one batch (batch
+  norm with their statistics, as MAML's episodes are scored; not comparable to people or BPL). Written only
   when the model was meta-trained on the background alphabets only (``omniglot_split: background``) and
   none of the runs' 800 images is pixel-identical to a meta-training or validation image (checked on the
   prepared arrays, ``omniglot_lake20_overlap_images``); otherwise the key is absent and ``evaluation.json``
-  says why. ``_ci95`` is over the 20 runs.
+  says why. ``_ci95``: half-width of the 95% interval over the 20 runs, Student's t with 19 degrees of freedom.
 
 Run folder (``<out>/05_maml_fewshot/``)::
 
     config.json                   the config (written by nbmodule.studies.execute)
     metrics.json                  {setting}_acc, {setting}_ci95 (percent), omniglot_lake20_error (+ _ci95,
-                                  percent), omniglot_lake20_overlap_images, synthetic (1: synthetic data),
+                                  percent), omniglot_lake20_error_transductive (+ _ci95),
+                                  omniglot_lake20_overlap_images, synthetic (1: synthetic data),
                                   fewshot_train_s, fewshot_eval_s, fewshot_s_per_iter,
                                   fewshot_probe_{strategy}_s_per_iter (strategy="auto", measured runs only)
-    strategy.json                 how the tasks of a meta-batch ran: the choice, each candidate's timings and
+    strategy.json                 how the tasks of a meta-batch ran: ``name``/``ran`` what actually ran (the
+                                  batched path may fall back to the loop while running: ``fallback`` says
+                                  why), ``chosen`` what choose_strategy picked, each candidate's timings and
                                   estimated peak memory, what was excluded and why, the protocol
+                                  (``measured``: false with ``not_measured`` saying why)
     data.json                     which data was used (real or synthetic, from where, why), the splits' sizes
     evaluation.json               the protocols, per-episode test accuracies, Lake per-run errors or why not
     example_episode.pt            one test episode (uint8 images, labels, predictions): the episode figure
@@ -73,7 +81,8 @@ from ..runs import RunContext, RunDir, atomic_write_bytes
 
 __all__ = ["NAME", "Config", "FewShotConfig", "FewShotData", "TrainResult", "STRATEGIES", "setting_name",
            "obtain_data", "load_splits", "check_splits", "lake_overlap", "build_fewshot_model",
-           "task_losses", "choose_strategy", "train", "evaluate", "predict", "lake20_error",
+           "task_losses", "unmeasured_reason", "choose_strategy", "train", "evaluate", "predict", "lake20_error",
+           "LAKE_MODES", "support_statistics_logits",
            "expand_head", "evaluate_study", "run"]
 
 NAME = "fewshot"
@@ -214,12 +223,30 @@ STRATEGIES = ("loop", "vmap", "batched")
 
 
 def task_losses(model: nn.Module, params: dict[str, torch.Tensor], tasks: tuple[torch.Tensor, ...], *, steps: int,
-                inner_lr: float, first_order: bool, strategy: "str | StrategyChoice"
+                inner_lr: float, first_order: bool, strategy: "str | StrategyChoice", report: dict | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, per_task_losses, query_logits)``: :func:`nbmodule.meta.meta_loss` with the cross-entropy;
-    ``strategy`` in :data:`STRATEGIES` or a :class:`~nbmodule.meta.StrategyChoice`."""
+    ``strategy`` in :data:`STRATEGIES` or a :class:`~nbmodule.meta.StrategyChoice`; ``report``: filled with
+    the strategy that actually ran (see :func:`nbmodule.meta.meta_loss`)."""
     return meta_loss(model, params, tasks, F.cross_entropy, steps=steps, inner_lr=inner_lr, first_order=first_order,
-                     strategy=strategy, return_outputs=True)
+                     strategy=strategy, return_outputs=True, report=report)
+
+
+def unmeasured_reason(requested: str, meta_iterations: int, device: torch.device | str,
+                      probe_min_iterations: int = 200) -> str | None:
+    """Why :func:`choose_strategy` takes a strategy without measuring it, or None when it measures.
+
+    ``auto`` measures, except runs shorter than ``probe_min_iterations`` on a CPU: the measurement would cost
+    more than it can save there, and they take the loop, the reference, which no measurement could have shown
+    slower than the loop. On a GPU ``auto`` always measures (a few fast meta-iterations): taking the batched
+    path unmeasured could be slower than the loop. A strategy other than ``auto`` is used as asked."""
+    device = torch.device(device)
+    if requested != "auto":
+        return f"strategy {requested!r} was asked for: used as given, not measured"
+    if meta_iterations < probe_min_iterations and device.type == "cpu":
+        return (f"{meta_iterations} meta-iterations < {probe_min_iterations} on a CPU: not measured, the loop (the "
+                "reference)")
+    return None
 
 
 def choose_strategy(requested: str, model: nn.Module, split: FewShotSplit, cfg: FewShotConfig,
@@ -231,21 +258,25 @@ def choose_strategy(requested: str, model: nn.Module, split: FewShotSplit, cfg: 
     does not cover; ``vmap`` raises where its meta-gradient would be wrong). ``"auto"`` checks each valid
     candidate's memory, then times full meta-iterations of those that fit in interleaved rounds (``warmup``
     untimed, ``repeats`` timed, lowest median wins), so training is never slower than the loop on the machine
-    it runs on. Runs shorter than ``probe_min_iterations`` skip the measurement (it would cost more than it
-    saves): the loop on a CPU, the batched path (where it covers the model) on a GPU."""
+    it runs on. Runs shorter than ``probe_min_iterations`` on a CPU skip the measurement and take the loop
+    (:func:`unmeasured_reason`); on a GPU ``auto`` always measures. ``protocol["measured"]`` says whether it
+    measured and ``protocol["not_measured"]`` why not. What actually ran is recorded by :func:`train`."""
+    device = torch.device(device)
     ep = split.sample(cfg.meta_batch_size, cfg.n_way, cfg.k_shot, cfg.k_query, torch.Generator().manual_seed(123))
     tasks = episode_to_float(ep.to(device))
     kw = dict(steps=cfg.inner_steps, inner_lr=cfg.inner_lr, first_order=cfg.first_order)
     params = _params(model)
-    if requested == "auto" and cfg.meta_iterations < probe_min_iterations:
-        fallback = "loop" if device.type == "cpu" else "batched"
-        choice = measure_strategy(model, params, tasks, F.cross_entropy, requested=fallback, **kw)
+    why = unmeasured_reason(requested, cfg.meta_iterations, device, probe_min_iterations)
+    if requested == "auto" and why is not None:
+        choice = measure_strategy(model, params, tasks, F.cross_entropy, requested="loop", **kw)
         choice.requested = "auto"
-        choice.protocol["not_measured"] = (f"{cfg.meta_iterations} meta-iterations < {probe_min_iterations}: no "
-                                           f"measurement, {fallback} on a {device.type.upper()}")
-        return choice
-    return measure_strategy(model, params, tasks, F.cross_entropy, requested=requested, repeats=repeats, warmup=warmup,
-                            **kw)
+    else:
+        choice = measure_strategy(model, params, tasks, F.cross_entropy, requested=requested, repeats=repeats,
+                                  warmup=warmup, **kw)
+    choice.protocol["measured"] = bool(choice.medians_s)
+    if not choice.medians_s:
+        choice.protocol["not_measured"] = why or "a single candidate (the others excluded): nothing to compare"
+    return choice
 
 
 def _sync(device: torch.device) -> None:
@@ -302,19 +333,72 @@ def expand_head(params: dict[str, torch.Tensor], n_way: int, head: str = "head")
     return out
 
 
+def support_statistics_logits(model: nn.Module, params: dict[str, torch.Tensor], xs: torch.Tensor,
+                              xq: torch.Tensor) -> torch.Tensor:
+    """Logits ``(Q, N)`` of one task's queries ``xq`` with ``params``, every query classified on its own: each
+    batch norm normalises with the mean and (biased) variance of its input on the support set ``xs`` (the
+    network with ``params`` run on ``xs``), not with the query batch's, so no prediction depends on another
+    query (classifying the queries one at a time gives the same logits). Without batch norm: ``model(xq)``."""
+    from ..meta import forward
+
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(m: nn.Module, inputs: tuple) -> None:
+        x = inputs[0]
+        dims = [0, *range(2, x.dim())]
+        stats[m] = (x.mean(dims), x.var(dims, unbiased=False))
+
+    def normalise(m: nn.Module, inputs: tuple, _out: torch.Tensor) -> torch.Tensor:
+        mean, var = stats[m]
+        return F.batch_norm(inputs[0], mean, var, m.weight, m.bias, False, 0.0, m.eps)
+
+    for hook, attach in ((record, "register_forward_pre_hook"), (normalise, "register_forward_hook")):
+        handles = [getattr(m, attach)(hook) for m in norms]
+        try:
+            out = forward(model, params, xs if hook is record else xq)
+        finally:
+            for h in handles:
+                h.remove()
+    return out
+
+
+#: How the 20 test items of a Lake run are classified: ``one_at_a_time`` (batch norm with the support set's
+#: statistics; each item on its own, as people and BPL classify them: the comparable score) or
+#: ``transductive`` (the 20 items as one batch, batch norm with their statistics, as MAML scores its episodes).
+LAKE_MODES = ("one_at_a_time", "transductive")
+
+
 def lake20_error(model: nn.Module, runs: LakeRuns, *, steps: int, inner_lr: float, device: torch.device | str,
-                 strategy: str = "loop") -> tuple[float, np.ndarray]:
+                 strategy: str = "loop", mode: str = "transductive") -> tuple[float, np.ndarray]:
     """Error rate (percent) on Lake et al.'s 20-way 1-shot runs and the per-run errors (percent).
 
     Each run is one task: the 20 training images (labels 0..19) are the support set; every test item is
-    correct when the predicted class is the training image ``class_labels.txt`` pairs it with."""
+    correct when the predicted class is the training image ``class_labels.txt`` pairs it with. ``mode``: see
+    :data:`LAKE_MODES` (``one_at_a_time`` adapts each run with the loop, then
+    :func:`support_statistics_logits`)."""
+    if mode not in LAKE_MODES:
+        raise ValueError(f"mode must be one of {LAKE_MODES}, got {mode!r}")
     xs = torch.as_tensor(runs.support).unsqueeze(2).float().div(255).to(device)  # (R, 20, 1, H, W)
     xq = torch.as_tensor(runs.query).unsqueeze(2).float().div(255).to(device)
     n = xs.shape[1]
     ys = torch.arange(n, device=device).expand(xs.shape[0], -1).contiguous()
     yq = torch.as_tensor(runs.answer, device=device)
     params = expand_head(_params(model, detach=True), n)
-    logits, _ = predict(model, (xs, ys, xq, yq), steps=steps, inner_lr=inner_lr, strategy=strategy, params=params)
+    if mode == "transductive":
+        logits, _ = predict(model, (xs, ys, xq, yq), steps=steps, inner_lr=inner_lr, strategy=strategy,
+                            params=params)
+    else:
+        from ..meta import adapt
+
+        rows = []
+        for r in range(xs.shape[0]):
+            with torch.enable_grad():
+                p = adapt(model, {k: v.detach().requires_grad_() for k, v in params.items()}, xs[r], ys[r],
+                          F.cross_entropy, steps=steps, inner_lr=inner_lr, first_order=True)
+            with torch.no_grad():
+                rows.append(support_statistics_logits(model, {k: v.detach() for k, v in p.items()}, xs[r], xq[r]))
+        logits = torch.stack(rows)
     err = (logits.argmax(-1) != yq).float().mean(-1).cpu().numpy() * 100  # (R,)
     return float(err.mean()), err
 
@@ -407,7 +491,21 @@ def train(cfg: FewShotConfig, data: FewShotData | dict[str, FewShotSplit], run: 
     if start < cfg.meta_iterations:
         choice = choose_strategy(cfg.strategy, model, splits["train"], cfg, device)
         strategy, probe = choice.name, dict(choice.medians_s)
-        run.write_json("strategy.json", choice.to_dict())  # what was measured, how, and what was excluded
+        ran: dict[str, Any] = {}
+        written: list[Any] = [None]
+
+        def record_strategy() -> None:
+            """strategy.json: what was measured, how, what was excluded, and what actually ran (``name``)."""
+            nonlocal strategy
+            if ran:
+                strategy = choice.name if ran["strategy"] == choice.strategy else ran["strategy"]
+            now = (strategy, bool(ran), ran.get("fallback"))
+            if now != written[0]:
+                run.write_json("strategy.json", {**choice.to_dict(), "name": strategy, "chosen": choice.name,
+                                                 "ran": strategy if ran else None, "fallback": ran.get("fallback")})
+                written[0] = now
+
+        record_strategy()
         clock[0] = time.perf_counter()
         val_acc = validate(0) if start == 0 else state["val_rows"][-1]["val_acc"] if state["val_rows"] else float("nan")
         bar = progress_bar(total=cfg.meta_iterations, initial=start, desc=f"MAML {name}", enabled=progress)
@@ -416,7 +514,9 @@ def train(cfg: FewShotConfig, data: FewShotData | dict[str, FewShotSplit], run: 
             t0 = time.perf_counter()
             ep = splits["train"].sample(cfg.meta_batch_size, cfg.n_way, cfg.k_shot, cfg.k_query, sampler).to(device)
             loss, _, logits = task_losses(model, _params(model), episode_to_float(ep), steps=cfg.inner_steps,
-                                          inner_lr=cfg.inner_lr, first_order=cfg.first_order, strategy=choice)
+                                          inner_lr=cfg.inner_lr, first_order=cfg.first_order, strategy=choice,
+                                          report=ran)
+            record_strategy()  # rewritten only when what ran changes (the first iteration; a fallback)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -481,10 +581,14 @@ def _protocols(cfg: FewShotConfig, data: FewShotData) -> dict[str, str]:
                      f"size {cfg.inner_lr}, Adam {cfg.meta_lr}, Conv4 with {cfg.hidden} filters ({'stride-2 convolutions' if cfg.downsample == 'stride' else 'max-pooling'})"),
         "lake20": ("Lake et al.'s 20 official one-shot runs (20-way 1-shot, evaluation alphabets): each run's "
                    "training images are the support set of one task (the head's mean row repeated as the 20-way "
-                   f"initial head), {cfg.inner_steps_test} SGD steps, the 20 test items as one query batch, "
-                   "scored with class_labels.txt; error in percent, mean over runs with the normal 95% interval "
-                   "over the 20 runs; reported only for a model meta-trained on the background alphabets whose "
-                   "meta-training and validation images include none of the runs' images"),
+                   f"initial head), {cfg.inner_steps_test} SGD steps, scored with class_labels.txt; "
+                   "omniglot_lake20_error: each test item classified on its own, batch norm with the support set's "
+                   "statistics (as people and BPL classify: the number comparable to theirs); "
+                   "omniglot_lake20_error_transductive: the run's 20 test items as one batch, batch norm with their "
+                   "statistics (as MAML scores episodes; it uses the other test items, so it is not comparable to "
+                   "people or BPL); error in percent, mean over the 20 runs with the 95% interval of Student's t "
+                   "(19 degrees of freedom); reported only for a model meta-trained on the background alphabets "
+                   "whose meta-training and validation images include none of the runs' images"),
         "data": ("synthetic data in the real format (not comparable with published numbers)" if data.synthetic
                  else "real data"),
     }
@@ -526,12 +630,17 @@ def evaluate_study(cfg: FewShotConfig, model: nn.Module, data: FewShotData, run:
                               "validation images although the split is 'background': the prepared data mixes the "
                               "sets; prepare Omniglot again from the official zips")
         else:
-            err, per_run = lake20_error(model, data.lake, steps=cfg.inner_steps_test, inner_lr=cfg.inner_lr,
-                                        device=device, strategy=strategy)
+            kw = dict(steps=cfg.inner_steps_test, inner_lr=cfg.inner_lr, device=device, strategy=strategy)
+            err, per_run = lake20_error(model, data.lake, mode="one_at_a_time", **kw)
+            err_t, per_run_t = lake20_error(model, data.lake, mode="transductive", **kw)
+            # Student's t with 19 degrees of freedom over the 20 runs (mean_confidence_interval's default)
             metrics["omniglot_lake20_error"] = err
-            metrics["omniglot_lake20_error_ci95"] = mean_confidence_interval(per_run, z=1.96)[1]
-            lake.update(reported=True, errors=per_run.tolist(), reason="meta-trained on the background alphabets "
-                        f"only; none of the runs' {n_images} images is among the meta-training or validation images")
+            metrics["omniglot_lake20_error_ci95"] = mean_confidence_interval(per_run)[1]
+            metrics["omniglot_lake20_error_transductive"] = err_t
+            metrics["omniglot_lake20_error_transductive_ci95"] = mean_confidence_interval(per_run_t)[1]
+            lake.update(reported=True, errors=per_run.tolist(), errors_transductive=per_run_t.tolist(),
+                        reason="meta-trained on the background alphabets only; none of the runs' "
+                        f"{n_images} images is among the meta-training or validation images")
     example = _example_episode(model, splits["test"], cfg, device, strategy)
     metrics["fewshot_eval_s"] = time.perf_counter() - t0
     run.write_json("evaluation.json", {
