@@ -18,13 +18,14 @@ import torch
 from torch import Tensor
 
 from .envs import MetaEnv
-from .maml import MetaBatch, StepData, adapt, cheap_curvature, meta_objective, record_old_policy
+from .fisher import quadratic_model
+from .maml import HVP_MODES, MetaBatch, StepData, adapt, meta_objective, record_old_policy
 from .policy import GaussianMLPPolicy, detach_params, expand_params
 from .returns import compute_advantages
 from .sampler import Batch, sample_trajectories
 from .trpo import TRPOInfo, trpo_step
 
-__all__ = ["MetaRLSettings", "Timer", "meta_iteration", "evaluation_lrs", "evaluate_adaptation"]
+__all__ = ["MetaRLSettings", "Timer", "meta_iteration", "trpo_update", "evaluation_lrs", "evaluate_adaptation"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class MetaRLSettings:
     inner_lr: float = 0.1
     inner_steps: int = 1
     estimator: str = "maml"
-    hvp: str = "exact"
+    hvp: str = "exact"            # exact (Fisher pull-back), double_backward (the same matrix, slower), cheap
+    first_order: bool = False     # FOMAML: no derivative through the inner update
     gamma: float = 0.99
     gae_lambda: float = 1.0
     baseline_reg: float = 1e-5
@@ -98,11 +100,22 @@ def meta_iteration(env: MetaEnv, policy: GaussianMLPPolicy, theta: dict[str, Ten
     stats["env_steps"] = float(env_steps)
     mb = record_old_policy(policy, p, MetaBatch(pre, StepData(batch, adv), [s.inner_lr] * steps))
     with timer("trpo"):
-        curvature = cheap_curvature(policy, mb) if (s.hvp == "cheap" and steps > 0) else None
-        new, info = trpo_step(theta, meta_objective(policy, mb, s.estimator), max_kl=s.max_kl, cg_iters=s.cg_iters,
-                              damping=s.cg_damping, backtrack_ratio=s.backtrack_ratio,
-                              max_backtracks=s.max_backtracks, curvature=curvature)
+        new, info = trpo_update(policy, theta, mb, s)
     return new, stats, info
+
+
+def trpo_update(policy: GaussianMLPPolicy, theta: dict[str, Tensor], mb: MetaBatch, s: MetaRLSettings
+                ) -> tuple[dict[str, Tensor], TRPOInfo]:
+    """The TRPO meta-update of ``theta`` on a recorded meta-batch, with the settings' curvature (``s.hvp``),
+    estimator and ``first_order``."""
+    if s.hvp not in HVP_MODES:
+        raise ValueError(f"hvp must be one of {HVP_MODES}, got {s.hvp!r}")
+    objective = meta_objective(policy, mb, s.estimator, s.first_order)
+    # double_backward differentiates `objective` twice (with first_order its KL's Hessian is the cheap one)
+    model = None if s.hvp == "double_backward" else quadratic_model(
+        policy, mb, s.estimator, curvature="cheap" if s.hvp == "cheap" else "exact", first_order=s.first_order)
+    return trpo_step(theta, objective, max_kl=s.max_kl, cg_iters=s.cg_iters, damping=s.cg_damping,
+                     backtrack_ratio=s.backtrack_ratio, max_backtracks=s.max_backtracks, model=model)
 
 
 def evaluation_lrs(inner_lr: float, steps: int) -> list[float]:

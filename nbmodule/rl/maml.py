@@ -23,8 +23,16 @@ Estimators. All three inner losses have the same value and the same gradient (th
 
 Outer step: TRPO (:func:`~nbmodule.rl.trpo.trpo_step`) on the post-update trajectories with the likelihood
 ratio surrogate ``-mean(pi_theta' / pi_theta'_old * A')`` and the mean KL between the old and new
-post-update policies; the exact Hessian-vector product differentiates through the adaptation (default),
-``hvp="cheap"`` takes the adaptation's Jacobian as the identity (the Fisher at the adapted parameters).
+post-update policies. Its curvature (``HVP_MODES``):
+
+- ``exact`` (default): the KL's Hessian through the adaptation, as the Fisher of the adapted policies pulled
+  back through the inner update with forward-mode products (:mod:`nbmodule.rl.fisher`);
+- ``double_backward``: the same matrix by double backpropagation through the KL (the original way, and the
+  benchmark's in-process baseline; several times slower);
+- ``cheap``: the adaptation's Jacobian taken as the identity (the Fisher at the adapted parameters).
+
+``first_order`` (FOMAML, as tristandeleu/pytorch-maml-rl's ``first_order``): the inner gradient is treated as
+a constant, so neither the meta-gradient nor the curvature differentiates through the adaptation.
 """
 from __future__ import annotations
 
@@ -41,7 +49,7 @@ __all__ = ["ESTIMATORS", "HVP_MODES", "inner_loss", "policy_log_prob", "adapt", 
            "adapted_params", "record_old_policy", "meta_objective", "cheap_curvature"]
 
 ESTIMATORS = ("maml", "lvc", "dice")
-HVP_MODES = ("exact", "cheap")
+HVP_MODES = ("exact", "double_backward", "cheap")
 
 
 def _per_task_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -77,24 +85,25 @@ def policy_log_prob(policy: GaussianMLPPolicy, params: Params, batch: Batch) -> 
 
 
 def adapt(policy: GaussianMLPPolicy, params: Params, batch: Batch, adv: Tensor, lr: float, *,
-          estimator: str = "maml", create_graph: bool = False) -> dict[str, Tensor]:
+          estimator: str = "maml", create_graph: bool = False, first_order: bool = False) -> dict[str, Tensor]:
     """One inner step for every task: per-task parameters ``theta_i - lr * grad L_in_i`` (leading dim T).
 
     ``params``: shared (no task dim; expanded here) or already per task (leading dim T). With
-    ``create_graph`` the result stays differentiable with respect to ``params`` (second order), otherwise
-    it is detached.
+    ``create_graph`` the result stays differentiable with respect to ``params`` (second order; with
+    ``first_order`` only through ``theta_i``, the inner gradient being a constant), otherwise it is detached.
     """
     t = batch.shape[0]
     shared = params["log_std"].ndim == policy.log_std.ndim
     per_task = expand_params(params, t) if shared else dict(params)
-    if not create_graph:
-        per_task = {k: v.detach().requires_grad_() for k, v in per_task.items()}
+    leaves = per_task if create_graph and not first_order else {k: v.detach().requires_grad_()
+                                                                for k, v in per_task.items()}
     with torch.enable_grad():
-        logp, _, _ = policy_log_prob(policy, per_task, batch)
+        logp, _, _ = policy_log_prob(policy, leaves, batch)
         loss = inner_loss(logp, adv, batch.mask, estimator).sum()
-        grads = torch.autograd.grad(loss, list(per_task.values()), create_graph=create_graph)
-    out = {k: v - lr * g for (k, v), g in zip(per_task.items(), grads)}
-    return out if create_graph else detach_params(out)
+        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph and not first_order)
+    if not create_graph:
+        return {k: (v - lr * g).detach() for (k, v), g in zip(per_task.items(), grads)}
+    return {k: v - lr * g for (k, v), g in zip(per_task.items(), grads)}
 
 
 @dataclass
@@ -119,12 +128,13 @@ class MetaBatch:
 
 
 def adapted_params(policy: GaussianMLPPolicy, params: Params, mb: MetaBatch, estimator: str,
-                   create_graph: bool) -> dict[str, Tensor]:
+                   create_graph: bool, first_order: bool = False) -> dict[str, Tensor]:
     """The per-task parameters after ``len(mb.pre)`` inner steps from ``params`` (shared); with no inner
     step, ``params`` expanded over the tasks."""
     p: Params = params
     for step, lr in zip(mb.pre, mb.lrs):
-        p = adapt(policy, p, step.batch, step.adv, lr, estimator=estimator, create_graph=create_graph)
+        p = adapt(policy, p, step.batch, step.adv, lr, estimator=estimator, create_graph=create_graph,
+                  first_order=first_order)
     if not mb.pre:
         p = expand_params(params, mb.post.batch.shape[0])
     return dict(p)
@@ -149,16 +159,17 @@ def _surrogate_and_kl(policy: GaussianMLPPolicy, p: Params, mb: MetaBatch) -> tu
     return surr, _per_task_mean(kl, post.batch.mask).mean()
 
 
-def meta_objective(policy: GaussianMLPPolicy, mb: MetaBatch, estimator: str = "maml"):
+def meta_objective(policy: GaussianMLPPolicy, mb: MetaBatch, estimator: str = "maml", first_order: bool = False):
     """``objective(params, create_graph) -> (surrogate loss, mean KL)`` for :func:`trpo_step`: adapt from
-    ``params`` on the pre-update data (through the adaptation when ``create_graph``), then evaluate the
-    post-update trajectories' likelihood-ratio surrogate and the KL to the policy that sampled them."""
+    ``params`` on the pre-update data (through the adaptation when ``create_graph``, with the inner gradient
+    held constant when ``first_order``), then evaluate the post-update trajectories' likelihood-ratio
+    surrogate and the KL to the policy that sampled them."""
     if mb.old_logp is None:
         raise ValueError("call record_old_policy(policy, adapted_params, mb) before building the objective")
 
     def objective(params: dict[str, Tensor], create_graph: bool) -> tuple[Tensor, Tensor]:
         with torch.set_grad_enabled(create_graph):
-            p = adapted_params(policy, params, mb, estimator, create_graph)
+            p = adapted_params(policy, params, mb, estimator, create_graph, first_order)
             return _surrogate_and_kl(policy, p, mb)
 
     return objective

@@ -3,7 +3,9 @@
 :func:`trpo_step` minimises a surrogate loss subject to a mean-KL trust region the way rllab's
 ``ConjugateGradientOptimizer`` (the optimiser of cbfinn/maml_rl) does: the step direction solves
 ``(H + damping I) s = -g`` with ``cg_iters`` conjugate-gradient iterations, where ``H`` is the Hessian of
-the KL and ``H v`` is computed by double backpropagation (:func:`hessian_vector_product`); the step is
+the KL and ``H v`` is computed either by double backpropagation (:func:`hessian_vector_product`, the generic
+way) or by a ``model`` that supplies the loss, its gradient and the product itself (MAML's Fisher pull-back,
+:mod:`nbmodule.rl.fisher`: the same matrix, several times cheaper); the step is
 scaled to reach ``KL = max_kl`` under the quadratic model, then shrunk by ``backtrack_ratio`` up to
 ``max_backtracks`` times until the loss decreases *and* the measured KL is within ``max_kl``. If no trial
 passes, the parameters stay where they were.
@@ -83,27 +85,43 @@ class TRPOInfo:
     grad_norm: float
 
 
+#: ``model(params) -> (loss, flat gradient, v -> curvature v)`` at ``params``
+Model = Callable[[dict[str, Tensor]], tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]]
+
+
 def trpo_step(params: Params, objective: Objective, *, max_kl: float = 0.01, cg_iters: int = 10,
               damping: float = 1e-5, backtrack_ratio: float = 0.8, max_backtracks: int = 15,
-              curvature: Callable[[dict[str, Tensor]], Tensor] | None = None) -> tuple[dict[str, Tensor], TRPOInfo]:
+              curvature: Callable[[dict[str, Tensor]], Tensor] | None = None,
+              model: Model | None = None) -> tuple[dict[str, Tensor], TRPOInfo]:
     """One TRPO update of ``params`` (a dict of tensors; not modified): ``(new_params, info)``.
 
     ``objective(p, create_graph)`` returns ``(loss, mean_kl)`` at ``p``; the KL is measured against the fixed
-    policy that collected the data, so it is 0 at ``params``. ``curvature(p)``, if given, is the scalar whose
-    Hessian at ``params`` defines the trust region instead of the objective's KL (MAML's cheap option).
+    policy that collected the data, so it is 0 at ``params``. The gradient and the curvature come from
+    ``model(params)`` when given (see :data:`Model`); otherwise by autograd from ``objective`` (double
+    backpropagation), where ``curvature(p)``, if given, is the scalar whose Hessian at ``params`` defines the
+    trust region instead of the objective's KL (MAML's cheap option). The line search always measures the
+    loss and the KL with ``objective``.
     """
     theta = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
-    leaves = list(theta.values())
-    loss, kl = objective(theta, True)
-    grads = torch.autograd.grad(loss, leaves, retain_graph=True)
-    g = flatten(list(grads)).detach()
-    kl_for_h = kl if curvature is None else curvature(theta)
-    hvp = hessian_vector_product(kl_for_h, leaves)
+    if model is not None:
+        if curvature is not None:
+            raise ValueError("give trpo_step a curvature or a model, not both")
+        loss, g, hvp = model({k: v.detach() for k, v in theta.items()})
+        kl = kl_for_h = None
+    else:
+        leaves = list(theta.values())
+        loss, kl = objective(theta, True)
+        grads = torch.autograd.grad(loss, leaves, retain_graph=True)
+        g = flatten(list(grads)).detach()
+        kl_for_h = kl if curvature is None else curvature(theta)
+        hvp = hessian_vector_product(kl_for_h, leaves)
 
     def fvp(v: Tensor) -> Tensor:
         return hvp(v) + damping * v
 
     direction = conjugate_gradient(fvp, -g, cg_iters)
+    # s^T A s by one more product: CG's recurrence residual would save it, but drifts (5e-5 relative at damping
+    # 1e-5), so the step would no longer equal the double-backward one
     shs = direction @ fvp(direction)
     scale = math.sqrt(2.0 * max_kl / (float(shs) + 1e-8))
     full_step = scale * direction
