@@ -517,6 +517,7 @@ class RunDir:
         if create:
             self.path.mkdir(parents=True, exist_ok=True)
         self._files: set[str] | None = None  # the marker's list, while this process holds the folder
+        self._marker_before: dict[str, Any] | None = None
         self._study = ""
 
     def __repr__(self) -> str:
@@ -656,10 +657,9 @@ class RunDir:
         fd = _acquire(self.path / LOCK, study)
         root = self.path.resolve()
         before = _entries(self.path)
-        marker = self._read_marker()
+        marker = self._marker_before = self._read_marker()
         self._files = set(marker.get("files", [])) if marker else set()
         self._study = study or (marker or {}).get("study", "")
-        self._write_marker()
         _HELD[root] = self
         try:
             yield self
@@ -669,7 +669,8 @@ class RunDir:
                 now = _entries(self.path)
                 new = {f for f in now - before if f not in (MARKER, LOCK) and not _OWN_LEFTOVERS.match(Path(f).name)}
                 self._files = (self._files | new) & now
-                self._write_marker()
+                if self._files or (self.path / MARKER).exists():
+                    self._write_marker()
             except OSError:
                 pass
             finally:
@@ -706,7 +707,7 @@ class RunDir:
         :class:`ConfigError` listing what it holds, before anything is deleted."""
         if not self.path.is_dir():
             return
-        marker = self._read_marker()
+        marker = self._marker_before if self._files is not None else self._read_marker()
         recorded = set((marker or {}).get("files", [])) | (self._files or set())
         files = [rel for rel in _entries(self.path) if rel not in (MARKER, LOCK)]
         foreign = [rel for rel in files if rel not in recorded and not _OWN_LEFTOVERS.match(Path(rel).name)]
@@ -725,8 +726,7 @@ class RunDir:
                 (self.path / rel).rmdir()
         if self._files is not None:
             self._files = set()
-            self._write_marker()
-        elif marker is not None:
+        if (self.path / MARKER).exists():
             (self.path / MARKER).unlink()
 
 

@@ -166,6 +166,7 @@ def _execute_locked(study: Study, cfg: StudyConfig, run: RunDir, ctx: RunContext
     if ctx.restart:
         run.clear()
     stored = run.read_json("config.json", kind=dict)
+    run.metrics  # a damaged metrics.json (not an object, a folder) is named now, not after training
     current = cfg.to_dict()
     if stored is not None and not _has_results(run):
         stored = None  # nothing to mix up: the settings of a run that stopped before any result are replaced

@@ -148,3 +148,23 @@ def test_bad_parameter_yaml_is_one_error_line(books, capsys, monkeypatch, arg, m
     assert suite.main(["--profile", "smoke", "--notebooks", str(folder), "-y", arg]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: -y") and message in err[0]
+
+
+def test_an_empty_only_is_refused(books, capsys, monkeypatch):
+    folder, profiles = books
+    monkeypatch.setattr(suite, "PROFILES", profiles)
+    for only in (",", "02,,03"):
+        assert suite.main(["--profile", "smoke", "--only", only, "--notebooks", str(folder), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --only") and "empty notebook prefix" in err[0]
+
+
+def test_a_damaged_summary_is_kept_aside(books, tmp_path, capsys):
+    folder, profiles = books
+    out = tmp_path / "o6"
+    out.mkdir()
+    (out / "summary.json").write_text('{"results": [{"notebook": "01_first"')  # cut short by a full disk
+    suite.run_suite("smoke", only=["01"], out=out, notebooks_dir=folder, profiles_path=profiles, progress=False)
+    assert (out / "summary.json.bad").read_text() == '{"results": [{"notebook": "01_first"'
+    assert "kept it as" in capsys.readouterr().err
+    assert [r["notebook"] for r in json.loads((out / "summary.json").read_text())["results"]] == ["01_first"]

@@ -31,7 +31,7 @@ class MtmlConfig(StudyConfig):
     # what to run
     mode: Mode                         # study | train | meta-train | meta-test | test (see the engine's docstring)
     setup: Literal["single", "mtl"]    # what mode=train trains: one model per task, or one multi-task model
-    seed: int = Field(ge=0)            # initialisations and data order
+    seed: int = Field(ge=0, lt=2**31)  # initialisations and data order
     # data
     dataset: Literal["nyuv2", "nyuv2_13", "taskonomy"]
     synthetic: bool                    # rendered scenes in the dataset's layout instead of the real dataset
@@ -114,7 +114,7 @@ class MtmlConfig(StudyConfig):
                              "no second derivative of its hardsigmoid; use a resnet backbone or first_order: true")
         if self.mode in ("meta-test", "test") and not self.init_model:
             raise ValueError(f"mode={self.mode!r} needs init_model: a trained model, "
-                             "<run folder>/checkpoints/<phase>.pt (e.g. mtml.pt) of an mtml run")
+                             "<run folder>/checkpoints/<phase>.pt (e.g. mtml_lr0.001.pt) of an mtml run")
         if self.mode == "meta-test" and not self.held_out:
             raise ValueError("mode='meta-test' fine-tunes held_out: name the task")
         if self.mode in ("train", "meta-train") and not self.train_tasks:
