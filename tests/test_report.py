@@ -128,3 +128,19 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
     (tmp_path / "README.md").write_text("no markers\n")
     assert cli(["report", str(tmp_path), "--readme", str(tmp_path / "README.md"), "--check"]) == 2
     assert "README.md: expected one line" in capsys.readouterr().err
+
+
+def test_mtml_seeds_judge_the_claim_by_their_intervals(tmp_path):
+    folder = tmp_path / "results" / "03_mtml"
+    for seed in range(3):
+        run = RunDir(folder / f"seed{seed}")
+        cfg = {"seed": seed, "held_out": "normals", "synthetic": True, "backbone": "mobilenet_v3_small"}
+        (run.path / "config.json").write_text(json.dumps({"config": cfg, "status": "complete"}))
+        # normals are judged by the mean angle error (lower is better): MTML clearly better, at equal compute not
+        run.write_metrics({"single_normals_mean": 40.0 + seed, "mtl_normals_mean": 30.0 + seed,
+                           "mtml_normals_mean": 20.0 + seed, "mtml_compute_normals_mean": 29.0 + 3 * seed,
+                           "mtl_delta_m": -10.0, "mtml_delta_m": 5.0 + seed, "mtml_steps_to_target": 20})
+    text = render_folder(folder)
+    assert "| from the MTML model | 21.00 ± 2.48 | 20.0 ± 0.0 | 6.0 ± 2.5 | - |" in text
+    assert "**supported**: MTML better than MTL by 10.00, intervals disjoint" in text
+    assert "**not shown**: MTML at equal compute and MTL differ by 1.00, their 95% intervals overlap" in text

@@ -162,7 +162,8 @@ def render_replay(folder: Path) -> str:
                         rows))
     lines.append("")
     seg, det = _m(m, "seg_drop_pct"), _m(m, "det_drop_pct")
-    worst = max(v for v in (seg[0], det[0]) if math.isfinite(v)) if any(map(math.isfinite, (seg[0], det[0]))) else math.nan
+    finite = [v for v in (seg[0], det[0]) if math.isfinite(v)]
+    worst = max(finite) if finite else math.nan
     if not math.isfinite(worst):
         judged = "not measured yet"
     elif worst <= FORGETTING_LIMIT_PCT:
@@ -181,6 +182,20 @@ def render_replay(folder: Path) -> str:
         ["mean forgetting removed by replay (points)", "not published", pm(*red, 1), diff, "no published anchor"],
     ]))
     return "\n".join(lines) + "\n"
+
+
+def _claim(ours: tuple[float, float], other: tuple[float, float], lower: bool, name: str, other_name: str) -> str:
+    """Whether ``ours`` beats ``other`` (means with 95% half-widths): only when their intervals are disjoint."""
+    if not (math.isfinite(ours[0]) and math.isfinite(other[0])):
+        return "not measured yet"
+    gap = (other[0] - ours[0]) if lower else (ours[0] - other[0])
+    if all(math.isfinite(c) for c in (ours[1], other[1])) and abs(ours[0] - other[0]) <= ours[1] + other[1]:
+        return f"**not shown**: {name} and {other_name} differ by {fmt(abs(gap), 2)}, their 95% intervals overlap"
+    if not all(math.isfinite(c) for c in (ours[1], other[1])):
+        return f"{name} {'better' if gap > 0 else 'worse'} than {other_name} by {fmt(abs(gap), 2)} " \
+               "(one run: no interval)"
+    return f"**{'supported' if gap > 0 else 'contradicted'}**: {name} {'better' if gap > 0 else 'worse'} than " \
+           f"{other_name} by {fmt(abs(gap), 2)}, intervals disjoint"
 
 
 # --- 03 ------------------------------------------------------------------------------------------------------
@@ -202,7 +217,8 @@ def render_mtml(folder: Path) -> str:
                  f"single-task models; mean ± 95% CI over {n} seed{'s' if n != 1 else ''} (Student's t).")
     lines.append("")
     rows = []
-    for start, label in (("single", "from scratch"), ("mtl", "from the MTL model"), ("mtml", "from the MTML model")):
+    for start, label in (("single", "from scratch"), ("mtl", "from the MTL model"), ("mtml", "from the MTML model"),
+                         ("mtml_compute", "from MTML stopped at MTL's compute")):
         if f"{start}_{held}_{metric}" not in m:
             continue
         rows.append([label, pm(*_m(m, f"{start}_{held}_{metric}"), 2), pm(*_m(m, f"{start}_steps_to_target"), 1),
@@ -212,22 +228,17 @@ def render_mtml(folder: Path) -> str:
                          "Δm as trained (%)", "Δm after adaptation (%)"), rows))
     lines.append("")
     mtml, mtl = _m(m, f"mtml_{held}_{metric}"), _m(m, f"mtl_{held}_{metric}")
-    if math.isfinite(mtml[0]) and math.isfinite(mtl[0]):
-        gap = (mtl[0] - mtml[0]) if lower else (mtml[0] - mtl[0])
-        width = math.hypot(*(c for c in (mtml[1], mtl[1]) if math.isfinite(c))) if any(
-            math.isfinite(c) for c in (mtml[1], mtl[1])) else math.nan
-        if math.isfinite(width) and abs(gap) <= width:
-            judged = f"**not shown**: MTML and MTL differ by {fmt(gap, 2)}, within the seeds' spread"
-        else:
-            judged = f"**{'supported' if gap > 0 else 'contradicted'}**: MTML {'better' if gap > 0 else 'worse'} " \
-                     f"than MTL by {fmt(abs(gap), 2)}"
-    else:
-        judged = "not measured yet"
+    judged = _claim(mtml, mtl, lower, "MTML", "MTL")
     diff = _differences([], ["data: rendered synthetic scenes in the NYUD_MT layout (the seed: NYU-v2, Taskonomy)"
                              if cfg.get("synthetic") else "data: real", f"model: {cfg.get('backbone', '?')}"])
-    lines.append(_comparison([[f"the held-out task learns better from MTML than from MTL (the seed's claim)",
-                               "claimed, no number for this setting", f"MTML {pm(*mtml, 2)}, MTL {pm(*mtl, 2)}",
-                               diff, judged]]))
+    comp = [["the held-out task learns better from MTML than from MTL (the seed's claim)",
+             "claimed, no number for this setting", f"MTML {pm(*mtml, 2)}, MTL {pm(*mtl, 2)}", diff, judged]]
+    matched = _m(m, f"mtml_compute_{held}_{metric}")
+    if math.isfinite(matched[0]):
+        comp.append(["... with MTML stopped where its image passes equal MTL's", "claimed, no number for this "
+                     "setting", f"MTML {pm(*matched, 2)}, MTL {pm(*mtl, 2)}", diff,
+                     _claim(matched, mtl, lower, "MTML at equal compute", "MTL")])
+    lines.append(_comparison(comp))
     return "\n".join(lines) + "\n"
 
 
@@ -245,9 +256,9 @@ def render_maml_sampling(folder: Path) -> str:
         return "\n".join(lines).rstrip() + "\n"
     k = int(cfg.get("eval_steps", 10))
     lines.append(f"{family.upper()} sinusoids, {len(cfg.get('regimes', REGIMES))} sampling regimes x {len(seeds)} "
-                 f"seeds, {thousands(cfg.get('meta_iterations'))} meta-iterations each. Test MSE after 1 and {k} fine-tuning "
-                 "steps on the fixed test grid and on held-out tasks drawn uniformly; mean ± 95% CI over seeds "
-                 "(Student's t). Lower is better.")
+                 f"seeds, {thousands(cfg.get('meta_iterations'))} meta-iterations each. Test MSE after 1 and {k} "
+                 "fine-tuning steps on the fixed test grid and on held-out tasks drawn uniformly; mean ± 95% CI over "
+                 "seeds (Student's t). Lower is better.")
     lines.append("")
     cols = ("mse_1step", f"mse_{k}step", "heldout_mse_1step", f"heldout_mse_{k}step")
     regimes = [r for r in REGIMES if f"{r}_mse_1step" in m]
@@ -358,8 +369,8 @@ def render_maml_rl(folder: Path) -> str:
             if f"{prefix}return_0step" not in m:
                 continue
             rows.append([f"{METHOD_LABELS.get(method, method)}"] +
-                        [pm(m.get(f"{prefix}return_{k}step", math.nan), m.get(f"{prefix}return_{k}step_ci95", math.nan), 2)
-                         for k in range(steps + 1)])
+                        [pm(m.get(f"{prefix}return_{k}step", math.nan),
+                            m.get(f"{prefix}return_{k}step_ci95", math.nan), 2) for k in range(steps + 1)])
         published = PAPER_RETURNS.get(env)
         if published:
             rows.append([f"MAML, {published[1]}"] + [fmt(v, 2) for v in published[0][:steps + 1]])
@@ -375,7 +386,8 @@ def render_maml_rl(folder: Path) -> str:
             for k, value in enumerate(published[0][:steps + 1]):
                 ours = (m.get(f"{env}_return_{k}step", math.nan), m.get(f"{env}_return_{k}step_ci95", math.nan))
                 comp.append([f"{ENV_TITLES.get(env, env)}, MAML return after {k} step{'s' if k != 1 else ''}",
-                             f"{fmt(value, 2)} ({published[1]})", pm(*ours, 2), diff, _why(verdict(*ours, value), diffs)])
+                             f"{fmt(value, 2)} ({published[1]})", pm(*ours, 2), diff,
+                             _why(verdict(*ours, value), diffs)])
         else:
             ours = (m.get(f"{env}_return_1step", math.nan), m.get(f"{env}_return_1step_ci95", math.nan))
             comp.append([f"{ENV_TITLES.get(env, env)}, MAML return after 1 step", "a figure only (Finn et al. 2017, "

@@ -207,15 +207,23 @@ _PLANNED = ("meta_iterations", "iterations")
 
 def seed_folders(folder: str | Path) -> list[Path]:
     """The run folders behind one result: ``folder`` itself when it holds ``config.json``, else its
-    sub-folders named ``seed<N>`` that hold one, in seed order (``[]`` when neither exists)."""
+    sub-folders that hold one (one per seed: ``seed0/``, ``seed1/``...), ordered by the seed their config
+    records, then by name (``[]`` when neither exists)."""
     folder = Path(folder)
     if (folder / "config.json").is_file():
         return [folder]
     if not folder.is_dir():
         return []
-    subs = [(int(m.group(1)), p) for p in folder.iterdir()
-            if p.is_dir() and (m := _SEED_FOLDER.match(p.name)) and (p / "config.json").is_file()]
-    return [p for _, p in sorted(subs)]
+    subs = [p for p in folder.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+
+    def order(p: Path) -> tuple:
+        seed = read_run_config(p).get("config", {})
+        seed = seed.get("seed") if isinstance(seed, dict) else None
+        m = _SEED_FOLDER.match(p.name)
+        key = seed if isinstance(seed, int) else int(m.group(1)) if m else math.inf
+        return (key, p.name)
+
+    return sorted(subs, key=order)
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
