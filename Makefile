@@ -17,7 +17,7 @@ export NBM_MIRROR
 .PHONY: install test run bench smoke browser clean help
 
 help:
-	@echo "make install   create $(VENV)/ and install the project with its test, rl and bench extras"
+	@echo "make install   create $(VENV)/ and install the project with its test, rl, bench and sweep extras"
 	@echo "make test      run the tests (pytest), including every notebook in the smoke profile"
 	@echo "make run       run the whole notebook suite in the '$(PROFILE)' profile on offline data"
 	@echo "make bench     run benchmarks/ and write benchmarks/results.json"
@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[test,rl,bench]"
+	$(PY) -m pip install --quiet -e ".[test,rl,bench,sweep]"
 	touch $@
 
 # Debian's chromium for the explorer's browser test (the test skips, saying why, where it cannot be had).
