@@ -10,11 +10,19 @@ For each environment in ``envs`` and each seed, the study
    REINFORCE steps of size ``inner_lr``, then one TRPO step (``max_kl``, conjugate gradient, line search)
    through the adaptation with the chosen ``estimator`` and ``hvp``;
 2. trains the "pretrained" baseline (if in ``baselines``): the same policy from the same initialisation,
-   trained with multi-task TRPO on the same task distribution without adaptation;
-3. evaluates MAML, pretrained and the random initialisation (``random``) with the test protocol
-   (:func:`nbmodule.rl.evaluate_adaptation`): ``eval_goals`` held-out tasks (fixed by ``eval_seed``, the same
-   for every seed and method) x ``eval_trajectories`` trajectories, returns after 0..``eval_steps`` steps of
-   ``inner_lr`` then ``inner_lr / 2``, fresh trajectories at each step.
+   trained with multi-task TRPO on the same task distribution without adaptation, on as many environment
+   steps per iteration as MAML (``trajectories x (inner_steps + 1)`` trajectories per task: MAML samples
+   before and after each inner step);
+3. chooses each method's fine-tuning step on validation tasks: ``validation_goals`` tasks (drawn with seed
+   ``eval_seed + 1``, not the test tasks) x ``eval_trajectories`` trajectories, for every ``alpha`` of the grid
+   ``finetune_lrs`` (steps ``alpha`` then ``alpha / 2``, the paper's schedule), the one with the highest mean
+   return after 1..``eval_steps`` steps (mean over seeds, goals and steps): the same grid, data and rule for
+   every method, as MTML's learning-rate grid;
+4. evaluates with the test protocol (:func:`nbmodule.rl.evaluate_adaptation`): ``eval_goals`` held-out tasks
+   (fixed by ``eval_seed``, the same for every seed and method) x ``eval_trajectories`` trajectories, returns
+   after 0..``eval_steps`` steps, fresh trajectories at each step: MAML under the paper's fixed step
+   (``inner_lr`` then ``inner_lr / 2``: method ``maml``) and under its chosen step (``maml_tuned``), the
+   pretrained policy and the random initialisation (``random``) under their chosen steps.
 
 A return is the undiscounted sum of a trajectory's rewards over the horizon (a 2D-navigation trajectory ends
 early when it reaches its goal, so its later rewards are 0), averaged over the trajectories and the goals:
@@ -25,30 +33,37 @@ Run folder (``<out>/07_maml_rl/``):
 
 ``metrics.json``
     per environment ``E`` and step ``k`` (means over seeds; ``_ci95``: half-width of the Student-t 95% interval
-    over seeds, null with one seed): ``E_return_{k}step`` (MAML), ``E_pretrained_return_{k}step``,
-    ``E_random_return_{k}step``, each with ``_ci95``; timings ``maml_rl_s_per_iter`` (one MAML meta-iteration,
+    over seeds, null with one seed): ``E_return_{k}step`` (MAML, the paper's fixed step),
+    ``E_maml_tuned_return_{k}step`` (MAML, its step chosen on validation), ``E_pretrained_return_{k}step`` and
+    ``E_random_return_{k}step`` (their steps chosen on validation), each with ``_ci95``;
+    ``E_{method}_finetune_lr`` (the chosen ``alpha`` of ``maml``, ``pretrained``, ``random``); timings ``maml_rl_s_per_iter`` (one MAML meta-iteration,
     mean over environments and seeds) split into ``maml_rl_sampling_s_per_iter``, ``maml_rl_inner_s_per_iter``
     (advantages and adaptation) and ``maml_rl_trpo_s_per_iter``; ``maml_rl_pretrain_s_per_iter``;
-    ``maml_rl_eval_s``.
+    ``maml_rl_eval_s`` (test evaluations), ``maml_rl_validation_s`` (the step choice).
 ``curves/train.csv``
     ``run`` (``{env}_{method}``), ``seed``, ``iteration``, ``return_0step`` (mean return of the trajectories
     sampled before adaptation), ``return_1step`` .. (after each inner step; MAML only), ``loss_before``,
     ``loss_after`` (TRPO surrogate), ``kl`` (mean KL of the accepted step), ``backtracks``, ``accepted``,
     ``env_steps``; averaged over the ``log_every`` iterations up to ``iteration``.
 ``evaluation.json``
-    ``{env: {"goals": [[...]], "steps": S, "lrs": [...], "methods": {method: {seed: [[return per goal] per
-    step]}}}}``.
+    ``{env: {"protocol": "...", "goals": [[...]], "steps": S, "lrs": [...] (the paper's fixed schedule, method
+    ``maml``), "finetune": {method: {"lr": alpha, "lrs": [...], "validation": {alpha: mean return}}},
+    "methods": {method: {seed: [[return per goal] per step]}}}}`` with methods ``maml``, ``maml_tuned``,
+    ``pretrained``, ``random``.
 ``trajectories.json``
     2D navigation only: ``{"goals": [[x, y]...], "methods": {method: [[[[x, y] per time step] per
     trajectory] per goal] per step]}}`` for the first seed and ``show_goals`` goals.
-``checkpoints/{env}_{method}_s{seed}.pt``, ``checkpoints/{env}_eval_{method}_s{seed}.pt``
-    resume state of each training loop; the evaluation of a finished policy.
+``checkpoints/{env}_{method}_s{seed}.pt``, ``checkpoints/{env}_eval_{method}_s{seed}.pt``,
+``checkpoints/{env}_val_{method}_s{seed}.pt``
+    resume state of each training loop; the evaluation of a finished policy; its validation returns per step.
 
 The figures and tables are in :mod:`nbmodule.viz.maml_rl`.
 """
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import replace
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
@@ -59,14 +74,16 @@ from ..metrics import mean_confidence_interval
 from ..progress import progress_bar
 from ..rl import GaussianMLPPolicy, MetaRLSettings, Timer, evaluate_adaptation, evaluation_lrs, make_env, meta_iteration
 from ..rl.envs import ENV_NAMES, MetaEnv
-from ..runs import RunContext, RunDir
+from ..runs import ResumeError, RunContext, RunDir, check_finite, check_memory
 
-__all__ = ["NAME", "NOTEBOOK", "Config", "MamlRLConfig", "METHODS", "run", "train_policy", "evaluate_policy",
-           "summarise"]
+__all__ = ["NAME", "NOTEBOOK", "Config", "MamlRLConfig", "METHODS", "EVALUATED", "run", "train_policy",
+           "evaluate_policy", "validation_returns", "choose_finetune_lr", "summarise"]
 
 NAME = "maml_rl"
 NOTEBOOK = "07_maml_rl"
 METHODS = ("maml", "pretrained", "random")
+#: what the test protocol evaluates: ``maml`` under the paper's fixed step, everything else under its chosen step
+EVALUATED = ("maml", "maml_tuned", "pretrained", "random")
 _METHOD_SALT = {"maml": 1, "pretrained": 2}
 
 
@@ -79,36 +96,40 @@ class MamlRLConfig(StudyConfig):
     NEUTRAL: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
 
     envs: list[Literal["nav2d", "cheetah_vel", "cheetah_dir"]] = Field(min_length=1)  # task families, in turn
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)  # one policy per seed (CIs over seeds)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(min_length=1, max_length=100)  # one policy per seed (CIs over seeds)
     hidden: list[Annotated[int, Field(gt=0, le=4096)]] = Field(min_length=1, max_length=8)  # policy MLP widths
-    horizon: int = Field(gt=0)                     # steps per trajectory
-    meta_batch_size: int = Field(gt=0)             # tasks per meta-iteration
-    trajectories: int = Field(gt=0)                # trajectories per task, before and after each inner step
-    iterations: int = Field(ge=0)                  # MAML meta-iterations per (env, seed)
+    horizon: int = Field(gt=0, le=100_000)                     # steps per trajectory
+    meta_batch_size: int = Field(gt=0, le=10_000)             # tasks per meta-iteration
+    trajectories: int = Field(gt=0, le=100_000)                # trajectories per task, before and after each inner step
+    iterations: int = Field(ge=0, le=10_000_000)                  # MAML meta-iterations per (env, seed)
     inner_lr: float = Field(gt=0)                  # REINFORCE step size alpha (evaluation: alpha, then alpha/2)
     inner_steps: int = Field(ge=1, le=5)           # inner steps while meta-training
     estimator: Literal["maml", "lvc", "dice"]      # meta-gradient estimator (the inner loss's curvature)
-    hvp: Literal["exact", "cheap"]                 # TRPO's Hessian-vector product: through the adaptation or not
+    hvp: Literal["exact", "double_backward", "cheap"]  # TRPO curvature: exact (Fisher pull-back), the same by
+    #                                                 double backprop (slower), or without the adaptation
+    first_order: bool                              # FOMAML: no derivative through the inner update
     gamma: float = Field(gt=0, le=1)               # discount
     gae_lambda: float = Field(ge=0, le=1)          # GAE lambda (1: returns minus baseline)
     baseline_reg: float = Field(gt=0)              # ridge coefficient of the linear feature baseline
     max_kl: float = Field(gt=0)                    # TRPO trust region (mean KL)
-    cg_iters: int = Field(ge=1)                    # conjugate-gradient iterations
+    cg_iters: int = Field(ge=1, le=1000)                    # conjugate-gradient iterations
     cg_damping: float = Field(ge=0)                # damping added to the Hessian-vector product
     backtrack_ratio: float = Field(gt=0, lt=1)     # line search: step shrink factor ...
-    max_backtracks: int = Field(ge=1)              # ... and number of trials
+    max_backtracks: int = Field(ge=1, le=1000)              # ... and number of trials
     baselines: list[Literal["pretrained", "random"]]  # comparisons evaluated beside MAML
-    pretrain_iterations: int = Field(ge=0)         # multi-task TRPO iterations of the pretrained policy
-    eval_goals: int = Field(gt=0)                  # held-out tasks of the evaluation
-    eval_trajectories: int = Field(gt=0)           # trajectories per held-out task and step
+    pretrain_iterations: int = Field(ge=0, le=10_000_000)         # multi-task TRPO iterations of the pretrained policy
+    eval_goals: int = Field(gt=0, le=100_000)                  # held-out tasks of the evaluation
+    eval_trajectories: int = Field(gt=0, le=100_000)           # trajectories per held-out task and step
     eval_steps: int = Field(ge=0, le=10)           # adaptation steps evaluated (0..eval_steps)
-    eval_seed: int = Field(ge=0)                   # fixes the held-out tasks (the same for every seed)
+    eval_seed: int = Field(ge=0, lt=2**31)                   # fixes the held-out tasks (the same for every seed)
+    validation_goals: int = Field(gt=0, le=100_000)  # tasks choosing each method's fine-tuning step (eval_seed+1)
+    finetune_lrs: list[Annotated[float, Field(gt=0)]] = Field(min_length=1, max_length=20)  # grid of steps alpha
     show_goals: int = Field(ge=0, le=16)           # 2D navigation: goals whose trajectories are stored
     sampler: Literal["auto", "rollout", "vector"]  # HalfCheetah: mujoco.rollout or gymnasium SyncVectorEnv
-    log_every: int = Field(gt=0)                   # training-curve row period (iterations, averaged)
-    checkpoint_every: int = Field(gt=0)            # checkpoint period (iterations)
+    log_every: int = Field(gt=0, le=10_000_000)                   # training-curve row period (iterations, averaged)
+    checkpoint_every: int = Field(gt=0, le=10_000_000)            # checkpoint period (iterations)
 
-    @field_validator("envs", "seeds", "baselines")
+    @field_validator("envs", "seeds", "baselines", "finetune_lrs")
     @classmethod
     def _distinct(cls, v: list) -> list:
         if len(set(v)) != len(v):
@@ -118,7 +139,8 @@ class MamlRLConfig(StudyConfig):
     def settings(self) -> MetaRLSettings:
         return MetaRLSettings(
             meta_batch_size=self.meta_batch_size, trajectories=self.trajectories, inner_lr=self.inner_lr,
-            inner_steps=self.inner_steps, estimator=self.estimator, hvp=self.hvp, gamma=self.gamma,
+            inner_steps=self.inner_steps, estimator=self.estimator, hvp=self.hvp, first_order=self.first_order,
+            gamma=self.gamma,
             gae_lambda=self.gae_lambda, baseline_reg=self.baseline_reg, max_kl=self.max_kl, cg_iters=self.cg_iters,
             cg_damping=self.cg_damping, backtrack_ratio=self.backtrack_ratio, max_backtracks=self.max_backtracks)
 
@@ -127,6 +149,11 @@ class MamlRLConfig(StudyConfig):
 
     def training_iterations(self, method: str) -> int:
         return {"maml": self.iterations, "pretrained": self.pretrain_iterations}.get(method, 0)
+
+    def trajectories_per_task(self, method: str) -> int:
+        """Trajectories per task and training iteration: MAML samples before and after each inner step, so
+        the pretrained policy gets as many (the same environment steps per iteration)."""
+        return self.trajectories if method == "maml" else self.trajectories * (self.inner_steps + 1)
 
 
 Config = MamlRLConfig
@@ -139,8 +166,11 @@ def _initial_policy(env: MetaEnv, cfg: MamlRLConfig, seed: int, device: torch.de
     return policy.to(device)
 
 
-# A (env, method, seed) checkpoint does not depend on which other seeds, environments or baselines a run holds.
-_PAIR_NEUTRAL = frozenset({"seeds", "envs", "baselines"})
+# A (env, method, seed) checkpoint does not depend on which other seeds, environments or baselines a run holds,
+# nor (a training loop) on the evaluation's settings: evaluations store and check those themselves.
+_EVAL_FIELDS = ("eval_goals", "eval_trajectories", "eval_steps", "eval_seed", "validation_goals", "finetune_lrs",
+                "show_goals")
+_PAIR_NEUTRAL = frozenset({"seeds", "envs", "baselines", *_EVAL_FIELDS})
 
 
 def _pair_checkpointer(run: RunDir, name: str, cfg: MamlRLConfig) -> Any:
@@ -157,7 +187,7 @@ def train_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, met
     ``checkpoints/{env}_{method}_s{seed}.pt``. Returns ``{"params", "rows", "seconds", "iterations"}``."""
     total = cfg.training_iterations(method)
     inner_steps = cfg.inner_steps if method == "maml" else 0
-    settings = cfg.settings()
+    settings = replace(cfg.settings(), trajectories=cfg.trajectories_per_task(method))
     theta = _params(policy)
     gen = torch.Generator().manual_seed(1_000_003 * seed + 7919 * _METHOD_SALT[method] + 101 * ENV_NAMES.index(env.name))
     ck = _pair_checkpointer(run, f"{env.name}_{method}_s{seed}", cfg)
@@ -166,6 +196,11 @@ def train_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, met
     acc: dict[str, float] = {}
     timer = Timer(device)
     if state is not None:
+        stored = state.get("trajectories_per_task", cfg.trajectories if method == "maml" else None)
+        if stored != settings.trajectories:
+            raise ResumeError(f"checkpoint {ck.path} was trained with {stored or cfg.trajectories} trajectories per "
+                              f"task and iteration; this protocol gives {method} {settings.trajectories} (as many "
+                              "environment steps as MAML). Delete it (or use a new run folder) to retrain it")
         theta = {k: v.to(device) for k, v in state["params"].items()}
         gen.set_state(state["generator"])
         rows, acc, timer.seconds = list(state["rows"]), dict(state["acc"]), dict(state["seconds"])
@@ -174,11 +209,13 @@ def train_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, met
 
     def snapshot() -> dict[str, Any]:
         return {"params": {k: v.detach().cpu() for k, v in theta.items()}, "generator": gen.get_state(),
-                "rows": rows, "acc": dict(acc), "seconds": dict(timer.seconds)}
+                "rows": rows, "acc": dict(acc), "seconds": dict(timer.seconds),
+                "trajectories_per_task": settings.trajectories}
 
     run_name = f"{env.name}_{method}"
     for it in ck.steps(total, every=cfg.checkpoint_every, state=snapshot):
         theta, stats, info = meta_iteration(env, policy, theta, settings, gen, timer, inner_steps=inner_steps)
+        check_finite(info.loss_after, step=it, what=f"the TRPO surrogate ({run_name}, seed {seed})", run_dir=run)
         stats.update(loss_before=info.loss_before, loss_after=info.loss_after, kl=info.kl,
                      backtracks=float(info.backtracks), accepted=float(info.accepted))
         for key, value in stats.items():
@@ -196,39 +233,92 @@ def train_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, met
     return {"params": theta, "rows": rows, "seconds": dict(timer.seconds), "iterations": total}
 
 
-def evaluate_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, theta: dict[str, torch.Tensor],
-                    method: str, seed: int, trained: int, goals: torch.Tensor, run: RunDir) -> dict[str, Any]:
-    """The test protocol for one (method, seed), cached in ``checkpoints/{env}_eval_{method}_s{seed}.pt`` and
-    recomputed when the policy was trained further since. Returns ``{"returns": (S + 1, G), "observations"?,
-    "seconds"}``."""
-    import time
+def _protocol(cfg: MamlRLConfig) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in _EVAL_FIELDS} | {"inner_lr": cfg.inner_lr}
 
+
+def evaluate_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, theta: dict[str, torch.Tensor],
+                    method: str, seed: int, trained: int, goals: torch.Tensor, run: RunDir, lr: float
+                    ) -> dict[str, Any]:
+    """The test protocol for one (method, seed) with fine-tuning steps ``lr`` then ``lr / 2``, cached in
+    ``checkpoints/{env}_eval_{method}_s{seed}.pt`` and recomputed when the policy was trained further since or
+    the step or the protocol changed. Returns ``{"returns": (S + 1, G), "observations"?, "seconds"}``."""
     ck = _pair_checkpointer(run, f"{env.name}_eval_{method}_s{seed}", cfg)
     state = ck.load()
-    if state is not None and int(state["trained"]) == trained:
+    if (state is not None and int(state["trained"]) == trained and state.get("lr") == lr
+            and state.get("protocol") == _protocol(cfg)):
         return state
     gen = torch.Generator().manual_seed(7919 * cfg.eval_seed + seed)  # the same noise for every method
     keep = cfg.show_goals if (env.name == "nav2d" and seed == cfg.seeds[0]) else 0
     t0 = time.perf_counter()
-    result = evaluate_adaptation(env, policy, theta, goals, cfg.settings(), trajectories=cfg.eval_trajectories,
-                                 steps=cfg.eval_steps, generator=gen, keep=min(keep, cfg.eval_goals))
-    state = {"trained": trained, "returns": result["returns"], "seconds": time.perf_counter() - t0}
+    result = evaluate_adaptation(env, policy, theta, goals, replace(cfg.settings(), inner_lr=lr),
+                                 trajectories=cfg.eval_trajectories, steps=cfg.eval_steps, generator=gen,
+                                 keep=min(keep, cfg.eval_goals))
+    state = {"trained": trained, "lr": lr, "protocol": _protocol(cfg), "returns": result["returns"],
+             "seconds": time.perf_counter() - t0}
     if keep:
         state["observations"] = result["observations"]
     ck.save(state, step=trained, done=True)
     return state
 
 
+def validation_returns(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, theta: dict[str, torch.Tensor],
+                       method: str, seed: int, trained: int, goals: torch.Tensor, run: RunDir) -> dict[str, Any]:
+    """Returns on the validation tasks after 0..S steps for every ``alpha`` of ``finetune_lrs`` (the same noise
+    for every alpha and method), cached in ``checkpoints/{env}_val_{method}_s{seed}.pt``. Returns
+    ``{"returns": {alpha: (S + 1, G)}, "seconds"}``."""
+    ck = _pair_checkpointer(run, f"{env.name}_val_{method}_s{seed}", cfg)
+    state = ck.load()
+    if state is not None and int(state["trained"]) == trained and state.get("protocol") == _protocol(cfg):
+        return state
+    t0 = time.perf_counter()
+    returns = {}
+    for lr in cfg.finetune_lrs:
+        gen = torch.Generator().manual_seed(7919 * (cfg.eval_seed + 1) + seed)
+        returns[repr(float(lr))] = evaluate_adaptation(
+            env, policy, theta, goals, replace(cfg.settings(), inner_lr=lr), trajectories=cfg.eval_trajectories,
+            steps=cfg.eval_steps, generator=gen)["returns"]
+    state = {"trained": trained, "protocol": _protocol(cfg), "returns": returns, "seconds": time.perf_counter() - t0}
+    ck.save(state, step=trained, done=True)
+    return state
+
+
+def choose_finetune_lr(cfg: MamlRLConfig, per_seed: list[dict[str, torch.Tensor]]) -> tuple[float, dict[str, float]]:
+    """The grid's ``alpha`` with the highest validation return after 1..S steps (mean over seeds, goals and
+    steps; the first of equals); ``inner_lr`` when ``eval_steps`` is 0 (nothing is fine-tuned). Returns
+    ``(alpha, {alpha: that mean})``."""
+    if cfg.eval_steps == 0:
+        return cfg.inner_lr, {}
+    scores = {key: float(torch.stack([r[key][1:].mean() for r in per_seed]).mean()) for key in per_seed[0]}
+    best = max(scores, key=lambda key: scores[key])  # dicts keep the grid's order: ties go to the first
+    return float(best), scores
+
+
+_PROTOCOL = ("returns after 0..steps policy-gradient steps on the held-out goals, fresh trajectories at each step; "
+             "method 'maml': the paper's fixed steps 'lrs' (inner_lr, then inner_lr / 2); 'maml_tuned', "
+             "'pretrained', 'random': steps finetune[method]['lrs'], alpha chosen from the grid finetune_lrs by the "
+             "highest mean validation return after 1..steps steps (validation_goals, seed eval_seed + 1), the same "
+             "rule for every method; the pretrained policy trained on as many environment steps per iteration as "
+             "MAML")
+
+
 def _per_iter(seconds: float, iterations: int) -> float | None:
     return seconds / iterations if iterations else None
 
 
+def _evaluated(cfg: MamlRLConfig) -> list[str]:
+    return [m for m in EVALUATED if m.removesuffix("_tuned") in cfg.methods()]
+
+
 def summarise(cfg: MamlRLConfig, evaluations: dict[tuple[str, str, int], dict[str, Any]],
-              trainings: dict[tuple[str, str, int], dict[str, Any]]) -> dict[str, float | None]:
-    """metrics.json: returns per (env, method, step), mean and 95% CI over seeds, and the timings."""
+              trainings: dict[tuple[str, str, int], dict[str, Any]],
+              validations: dict[tuple[str, str, int], dict[str, Any]] | None = None,
+              finetune_lrs: dict[tuple[str, str], float] | None = None) -> dict[str, float | None]:
+    """metrics.json: returns per (env, evaluated method, step), mean and 95% CI over seeds, the chosen
+    fine-tuning steps and the timings."""
     metrics: dict[str, float | None] = {}
     for env in cfg.envs:
-        for method in cfg.methods():
+        for method in _evaluated(cfg):
             prefix = env if method == "maml" else f"{env}_{method}"
             for k in range(cfg.eval_steps + 1):
                 values = [float(evaluations[(env, method, s)]["returns"][k].mean()) for s in cfg.seeds]
@@ -244,7 +334,21 @@ def summarise(cfg: MamlRLConfig, evaluations: dict[tuple[str, str, int], dict[st
             for phase in ("sampling", "inner", "trpo"):
                 metrics[f"maml_rl_{phase}_s_per_iter"] = _per_iter(sum(t["seconds"].get(phase, 0.0) for t in runs), its)
     metrics["maml_rl_eval_s"] = sum(float(e["seconds"]) for e in evaluations.values())
+    metrics["maml_rl_validation_s"] = sum(float(v["seconds"]) for v in (validations or {}).values())
+    for (env, method), lr in (finetune_lrs or {}).items():
+        metrics[f"{env}_{method}_finetune_lr"] = lr
     return metrics
+
+
+def estimate_memory(cfg: MamlRLConfig, envs: dict[str, MetaEnv]) -> float:
+    """Bytes of one meta-iteration's rollouts and graph, estimated before training: per time step of every
+    trajectory of every task and adaptation step, the observation, action, reward/advantage/return/log-prob
+    values and the policy's activations kept for the meta-gradient (3 per hidden unit), in float32."""
+    dims = max(e.obs_dim + e.act_dim for e in envs.values())
+    per_step = 4 * (dims + 6 + 3 * sum(cfg.hidden))
+    steps = cfg.horizon * (cfg.inner_steps + 1) * max(cfg.meta_batch_size * cfg.trajectories,
+                                                      cfg.eval_goals * cfg.eval_trajectories)
+    return float(per_step * steps)
 
 
 def run(cfg: MamlRLConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, float | None]:
@@ -263,10 +367,16 @@ def run(cfg: MamlRLConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, float 
     # every environment first, so a missing dependency (gymnasium, mujoco) fails before any training
     envs = {name: make_env(name, horizon=cfg.horizon, device=device, sampler=cfg.sampler, threads=threads)
             for name in cfg.envs}
+    check_memory(estimate_memory(cfg, envs), device=device, hint="lower meta_batch_size, trajectories or horizon",
+                 what=f"meta_batch_size={cfg.meta_batch_size} x {cfg.trajectories} trajectories x horizon {cfg.horizon}")
+    validations: dict[tuple[str, str, int], dict[str, Any]] = {}
+    chosen: dict[tuple[str, str], float] = {}
     try:
         with progress_bar(total=total, desc="meta-training", enabled=ctx.progress) as bar:
             for env_name, env in envs.items():
                 goals = env.sample_tasks(cfg.eval_goals, torch.Generator().manual_seed(cfg.eval_seed))
+                val_goals = env.sample_tasks(cfg.validation_goals, torch.Generator().manual_seed(cfg.eval_seed + 1))
+                policies: dict[tuple[str, int], tuple[GaussianMLPPolicy, dict[str, torch.Tensor], int]] = {}
                 for seed in cfg.seeds:
                     for method in methods:
                         policy = _initial_policy(env, cfg, seed, device)
@@ -277,17 +387,37 @@ def run(cfg: MamlRLConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, float 
                             trainings[(env_name, method, seed)] = result
                             rows.extend(result["rows"])
                             theta, trained = result["params"], result["iterations"]
-                        evaluations[(env_name, method, seed)] = evaluate_policy(
-                            cfg, env, policy, theta, method, seed, trained, goals, run_dir)
+                        policies[(method, seed)] = (policy, theta, trained)
+                        validations[(env_name, method, seed)] = validation_returns(
+                            cfg, env, policy, theta, method, seed, trained, val_goals, run_dir)
+                finetune: dict[str, Any] = {}
+                for method in methods:  # one step per method, chosen on the validation tasks over all seeds
+                    lr, scores = choose_finetune_lr(cfg, [validations[(env_name, method, s)]["returns"]
+                                                          for s in cfg.seeds])
+                    chosen[(env_name, method)] = lr
+                    finetune[method] = {"lr": lr, "lrs": evaluation_lrs(lr, cfg.eval_steps), "validation": scores}
+                for variant in _evaluated(cfg):
+                    method = variant.removesuffix("_tuned")
+                    lr = cfg.inner_lr if variant == "maml" else chosen[(env_name, method)]
+                    for seed in cfg.seeds:
+                        if variant == "maml_tuned" and lr == cfg.inner_lr:  # the chosen step is the paper's
+                            evaluations[(env_name, variant, seed)] = {**evaluations[(env_name, "maml", seed)],
+                                                                      "seconds": 0.0}
+                            continue
+                        policy, theta, trained = policies[(method, seed)]
+                        evaluations[(env_name, variant, seed)] = evaluate_policy(
+                            cfg, env, policy, theta, variant, seed, trained, goals, run_dir, lr)
                 evaluation_json[env_name] = {
-                    "goals": goals.cpu().tolist(), "steps": cfg.eval_steps,
-                    "lrs": evaluation_lrs(cfg.inner_lr, cfg.eval_steps),
+                    "protocol": _PROTOCOL, "goals": goals.cpu().tolist(), "steps": cfg.eval_steps,
+                    "lrs": evaluation_lrs(cfg.inner_lr, cfg.eval_steps), "finetune": finetune,
+                    "validation_goals": val_goals.cpu().tolist(),
                     "methods": {m: {str(s): evaluations[(env_name, m, s)]["returns"].tolist() for s in cfg.seeds}
-                                for m in methods}}
+                                for m in _evaluated(cfg)}}
                 if env_name == "nav2d" and cfg.show_goals:
                     first = cfg.seeds[0]
                     trajectories = {"goals": goals[:cfg.show_goals].cpu().tolist(), "seed": first,
-                                    "methods": {m: evaluations[("nav2d", m, first)]["observations"] for m in methods}}
+                                    "methods": {m: evaluations[("nav2d", m, first)]["observations"]
+                                                for m in _evaluated(cfg)}}
     finally:
         for env in envs.values():
             close = getattr(env, "close", None)
@@ -298,4 +428,4 @@ def run(cfg: MamlRLConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, float 
     run_dir.write_json("evaluation.json", evaluation_json)
     if trajectories:
         run_dir.write_json("trajectories.json", trajectories)
-    return summarise(cfg, evaluations, trainings)
+    return summarise(cfg, evaluations, trainings, validations, chosen)

@@ -10,7 +10,8 @@ gymnasium has no Vel/Dir variants, so :class:`HalfCheetahVelEnv` and :class:`Hal
 ``v`` is gymnasium's forward velocity of the root (x displacement over the 5 frames of one step / 0.05 s)
 and ``a`` the action clipped to ``[-1, 1]`` (rllab's ``normalize`` clipped it too; the cbfinn/maml_rl code
 writes the control cost as ``0.5 * 1e-1 * sum(a^2)``). Observations are gymnasium's 17 numbers (joint
-positions without the root's x, then velocities), not rllab's. Horizon: 100 steps here (the paper used 200).
+positions without the root's x, then velocities), not rllab's. Horizon: the paper's 200 in the study's cheetah
+configs (100 is this class's default).
 
 :class:`HalfCheetahTasks` steps all ``T x n_traj`` trajectories of a meta-batch at once, with one of two
 samplers (the same states and rewards up to the physics solver's warm start; a test checks):

@@ -27,10 +27,21 @@ PAPER_RETURNS: dict[str, tuple[tuple[float, ...], str]] = {
     "nav2d": ((-40.41, -11.68, -3.33, -3.23), "Finn et al. 2017, Table 4"),
     "cheetah_dir": ((-50.69, 293.19, 313.48, 315.65), "Finn et al. 2017, Table 5 (horizon 200)"),
 }
-METHOD_LABELS = {"maml": "MAML", "pretrained": "pretrained", "random": "random init"}
+#: ``maml``: the paper's fixed fine-tuning step; the others: their step chosen on validation goals (the run's
+#: ``evaluation.json`` "finetune" block and "protocol" say which step each used)
+METHOD_LABELS = {"maml": "MAML", "maml_tuned": "MAML, step chosen on validation", "pretrained": "pretrained",
+                 "random": "random init"}
 ENV_TITLES = {"nav2d": "2D navigation", "cheetah_vel": "HalfCheetah goal velocity",
               "cheetah_dir": "HalfCheetah goal direction"}
-_COLORS = {"maml": "tab:blue", "pretrained": "tab:orange", "random": "tab:gray"}
+_COLORS = {"maml": "tab:blue", "maml_tuned": "tab:cyan", "pretrained": "tab:orange", "random": "tab:gray"}
+
+
+def _step_label(block: Mapping[str, Any], method: str) -> str:
+    """The fine-tuning steps a method was evaluated with, e.g. ``0.1, 0.05 (paper)`` or ``0.2, 0.1 (chosen)``."""
+    if method == "maml" or "finetune" not in block:
+        return ", ".join(f"{v:g}" for v in block.get("lrs", [])) + " (paper)"
+    lrs = block["finetune"].get(method.removesuffix("_tuned"), {}).get("lrs", [])
+    return ", ".join(f"{v:g}" for v in lrs) + " (chosen)"
 
 
 def read_evaluation(run_dir: str | Path) -> dict[str, Any]:
@@ -61,14 +72,16 @@ def results_table(run_dir: str | Path) -> pd.DataFrame:
         steps = int(block["steps"])
         for method, per_seed in block["methods"].items():
             mean, ci = _mean_ci(_seed_means(per_seed))
-            row: dict[str, Any] = {"env": env, "method": METHOD_LABELS.get(method, method), "seeds": len(per_seed)}
+            row: dict[str, Any] = {"env": env, "method": METHOD_LABELS.get(method, method), "seeds": len(per_seed),
+                                   "fine-tuning steps": _step_label(block, method)}
             for k in range(steps + 1):
                 row[f"{k} steps"] = float(mean[k])
                 row[f"{k} steps ±95%"] = float(ci[k])
             rows.append(row)
         if env in PAPER_RETURNS:
             values, source = PAPER_RETURNS[env]
-            row = {"env": env, "method": f"MAML, paper ({source})", "seeds": float("nan")}
+            row = {"env": env, "method": f"MAML, paper ({source})", "seeds": float("nan"),
+                   "fine-tuning steps": "0.1, 0.05 (paper)"}
             for k in range(steps + 1):
                 row[f"{k} steps"] = values[k] if k < len(values) else float("nan")
                 row[f"{k} steps ±95%"] = float("nan")
@@ -96,7 +109,8 @@ def plot_returns_vs_steps(run_dir: str | Path) -> Figure | None:
         for method, per_seed in block["methods"].items():
             values = _seed_means(per_seed)
             mean, ci = _mean_ci(values)
-            label = f"{METHOD_LABELS.get(method, method)} (ours, {values.shape[0]} seed{'s' if values.shape[0] > 1 else ''})"
+            label = (f"{METHOD_LABELS.get(method, method)} (ours, {values.shape[0]} seed"
+                     f"{'s' if values.shape[0] > 1 else ''}; steps {_step_label(block, method)})")
             color = _COLORS.get(method)
             ax.plot(steps, mean, marker="o", color=color, label=label, linewidth=1.8)
             if values.shape[0] > 1:
