@@ -5,14 +5,23 @@ Settings (the MAML paper's): Omniglot 5-way 1-shot, 1 query per class, meta-batc
 (32 filters, 84x84). Second order. One meta-iteration = meta-loss and its backward into ``.grad`` (no
 optimiser step: identical for all). Random images (speed does not depend on content).
 
-Timed in this process on the same batch, interleaved (rotating order), warm-up first, medians:
+Timed in this process on the same batch, interleaved (rotating order), 1 warm-up round then 5 timed rounds,
+medians, at 1 and at 2 torch threads (``--quick``: 1 thread only):
 
 * the engine's candidates: ``loop`` (one task at a time), ``batched`` (the task-batched program of
   ``nbmodule.meta.batched``, tasks per call sized by memory), ``batchedN`` (all N tasks in one call);
 * ``auto``: what ``nbmodule.meta.choose_strategy`` picks on this batch with its own interleaved measurement,
   made first, as training does; its time is the picked candidate's time in the comparison;
-* the peers of ``benchmarks/peers.py`` (learn2learn's algorithm, higher, torchopt), each checked first to
-  compute the engine's meta-gradient on this model.
+* every peer of ``benchmarks/peers.py`` that is valid on the figure (learn2learn's algorithm, higher, torchopt
+  with tasks in a loop; PyTorch's torch.func recipe and torchopt's functional API with tasks under
+  ``vmap``, which are valid in first order only here: Conv4 has batch norm, functorch #534), each checked first
+  to compute the engine's meta-gradient on this model; the invalid ones are named with the reason in the note.
+
+Process-wide settings: ``nbmodule.meta.batched.retain_freed_memory`` (glibc keeps freed memory) is applied once,
+before anything is timed, so every contender (peers included) runs with the same allocator. The 1-minute load
+average is recorded before and after each figure (``*_load_before``/``_load_after``) and a figure is flagged
+``*_busy = 1`` (and its note says so) when either exceeds the benchmark's own threads + 0.5: other work was
+running, and per-task loops lose more to a busy machine than batched GEMMs do, so such ratios are inflated.
 
 Memory (MiniImagenet 5-way 5-shot, 15 queries, meta-batch 2, 5 steps, second order: the largest setting of the
 paper): each engine candidate runs one meta-iteration in a fresh process; ``peak_mb`` is the rise of the
@@ -20,11 +29,15 @@ process's peak resident memory over its resident memory before the iteration (Li
 through ``/proc/self/clear_refs``; on a GPU ``max_memory_allocated``); ``graph_mb`` is what autograd saved
 for the backward; ``estimate_mb`` is what ``choose_strategy``'s memory check would assume.
 
-Keys: ``fewshot_{omniglot|mini}_{candidate}_s_per_iter``, ``fewshot_{setting}_{candidate}_speedup`` (loop time /
-candidate time), ``fewshot_{setting}_auto_s_per_iter``/``_auto_speedup``, ``maml_conv4_{omniglot|mini}_{peer}
-_s_per_iter``, ``maml_conv4_{setting}_speedup_vs_{peer}`` (peer time / auto time),
-``fewshot_mini5shot_{candidate}_{peak|graph|estimate}_mb``, ``fewshot_omniglot_{loop|vmap|batched}_fo_s_per_iter``
-and ``_fo_speedup`` (first order, where vmap is valid), ``fewshot_threads``, ``fewshot_on_cuda``.
+Keys (``{n}t``: n torch threads): ``fewshot_{omniglot|mini}_{n}t_{candidate}_s_per_iter``,
+``fewshot_{setting}_{n}t_{candidate}_speedup`` (loop time / candidate time), ``fewshot_{setting}_{n}t_auto_s_per_iter``
+/ ``_auto_speedup``, ``maml_conv4_{setting}_{n}t_{peer}_s_per_iter``, ``maml_conv4_{setting}_{n}t_speedup_vs_{peer}``
+(peer time / auto time) and ``_speedup_vs_fastest_peer`` (the fastest valid peer's time / auto time);
+first order (Omniglot, where vmap and the vmap peers are valid): ``fewshot_omniglot_fo_{n}t_{loop|vmap|batched}
+_s_per_iter``, ``_speedup`` (vs the loop), ``maml_conv4_omniglot_fo_{n}t_{peer}_s_per_iter``,
+``maml_conv4_omniglot_fo_{n}t_speedup_vs_fastest_peer`` (vs the faster of vmap and batched);
+``fewshot_mini5shot_{candidate}_{peak|graph|estimate}_mb``; ``*_load_before``, ``*_load_after``, ``*_busy``;
+``fewshot_threads`` (the harness's thread count), ``fewshot_on_cuda``.
 
     python benchmarks/bench_fewshot.py [--quick]
 """
@@ -46,10 +59,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers  # noqa: E402
 from nbmodule.meta import choose_strategy, meta_loss  # noqa: E402
-from nbmodule.meta.batched import compile_batched  # noqa: E402
+from nbmodule.meta.batched import compile_batched, retain_freed_memory  # noqa: E402
 from nbmodule.meta.strategy import estimate_peak_bytes, graph_bytes  # noqa: E402
 from nbmodule.models import build_model  # noqa: E402
-from nbmodule.profiling import BenchResults, interleaved_seconds  # noqa: E402
+from nbmodule.profiling import BenchResults, interleaved_seconds, torch_threads  # noqa: E402
 
 # name: (image shape, filters, n_way, k_shot, k_query, meta-batch, inner steps, inner lr)
 SETTINGS = {
@@ -73,34 +86,61 @@ def make_tasks(shape, n_way: int, k_shot: int, k_query: int, T: int, device, see
     return xs, ys, xq, yq
 
 
-def check_peers(model, tasks, steps: int, lr: float, names) -> None:
+def valid_peers(model, first_order: bool) -> tuple[list[str], dict[str, str]]:
+    """The peers that can run here and are valid on ``model``, and why the others are left out."""
+    avail = peers.available()
+    names, left_out = [], {}
+    for n in peers.PEERS:
+        why = avail[n] or peers.valid(n, model, first_order)
+        if why:
+            left_out[n] = why
+        else:
+            names.append(n)
+    return names, left_out
+
+
+def check_peers(model, tasks, steps: int, lr: float, names, first_order: bool = False) -> None:
     """Each peer's meta-gradient equals the engine's on 2 tasks of this batch (float32: 1e-4 relative)."""
     sub = tuple(t[:2] for t in tasks)
-    ref = peers.meta_gradient(peers.engine_meta_step, model, sub, F.cross_entropy, steps, lr, strategy="loop")
+    ref = peers.meta_gradient(peers.engine_meta_step, model, sub, F.cross_entropy, steps, lr, first_order,
+                              strategy="loop")
     scale = max(r.abs().max().item() for r in ref)
     for name in names:
-        got = peers.meta_gradient(peers.META_STEPS[name], model, sub, F.cross_entropy, steps, lr)
+        got = peers.meta_gradient(peers.META_STEPS[name], model, sub, F.cross_entropy, steps, lr, first_order)
         err = max((a - b).abs().max().item() for a, b in zip(ref, got))
         if err > 1e-4 * scale + 1e-6:
             raise AssertionError(f"{name}'s meta-gradient differs from the engine's by {err:.2e} (scale {scale:.2e})")
 
 
-def compare(key: str, setting: tuple, device, res: BenchResults, *, repeats: int, warmup: int, quick: bool) -> None:
+def load_record(res: BenchResults, prefix: str, before: float, threads: int) -> str:
+    """``{prefix}_load_before``/``_load_after``/``_busy`` and the words for the note."""
+    after = os.getloadavg()[0]
+    busy = max(before, after) > threads + 0.5
+    res[f"{prefix}_load_before"], res[f"{prefix}_load_after"], res[f"{prefix}_busy"] = before, after, int(busy)
+    text = f"1-minute load average {before:.2f} before, {after:.2f} after"
+    if busy:
+        text += (f" (BUSY MACHINE: above this benchmark's own {threads} thread(s) + 0.5; other work was running, "
+                 "which slows per-task loops more than batched GEMMs, so these ratios are likely inflated)")
+    return text
+
+
+def compare(key: str, setting: tuple, device, res: BenchResults, *, repeats: int, warmup: int, quick: bool,
+            threads: int) -> None:
     shape, hidden, n_way, k_shot, k_query, T, steps, lr = setting
     if quick:  # the harness check: the same code on tiny batches
         T, k_query, steps = 2, 1, 1
+    load_before = os.getloadavg()[0]
+    tk = f"{key}_{threads}t"
     model = make_model(shape, hidden, n_way, device)
     tasks = make_tasks(shape, n_way, k_shot, k_query, T, device)
-    avail = peers.available()
-    names = [n for n in peers.PEERS if not avail[n]]
-    for n in peers.PEERS:
-        if avail[n]:
-            print(f"[bench_fewshot] skipping peer {n}: {avail[n]}")
+    names, left_out = valid_peers(model, first_order=False)
+    for n, why in left_out.items():
+        print(f"[bench_fewshot] {tk}: peer {n} left out: {why}")
     check_peers(model, tasks, steps, lr, names)
 
     choice = choose_strategy(model, dict(model.named_parameters()), tasks, F.cross_entropy, steps=steps,
                              inner_lr=lr, repeats=repeats, warmup=warmup)
-    print(f"[bench_fewshot] {key} auto: {choice.summary()}")
+    print(f"[bench_fewshot] {tk} auto: {choice.summary()}")
 
     def engine(strategy, chunk=None):
         def step():
@@ -125,34 +165,46 @@ def compare(key: str, setting: tuple, device, res: BenchResults, *, repeats: int
 
     for k, v in times.items():
         if k in peers.PEERS:
-            res[f"maml_conv4_{key}_{k}_s_per_iter"] = v
+            res[f"maml_conv4_{tk}_{k}_s_per_iter"] = v
         else:
-            res[f"fewshot_{key}_{k}_s_per_iter"] = v
-    loop = f"fewshot_{key}_loop_s_per_iter"
+            res[f"fewshot_{tk}_{k}_s_per_iter"] = v
+    loop = f"fewshot_{tk}_loop_s_per_iter"
     for k in times:
         if k not in peers.PEERS and k != "loop":
-            res.ratio(f"fewshot_{key}_{k}_speedup", loop, f"fewshot_{key}_{k}_s_per_iter")
-    res[f"fewshot_{key}_auto_s_per_iter"] = times[choice.name]
-    res.ratio(f"fewshot_{key}_auto_speedup", loop, f"fewshot_{key}_auto_s_per_iter")
+            res.ratio(f"fewshot_{tk}_{k}_speedup", loop, f"fewshot_{tk}_{k}_s_per_iter")
+    res[f"fewshot_{tk}_auto_s_per_iter"] = times[choice.name]
+    res.ratio(f"fewshot_{tk}_auto_speedup", loop, f"fewshot_{tk}_auto_s_per_iter")
     for n in names:
-        res.ratio(f"maml_conv4_{key}_speedup_vs_{n}", f"maml_conv4_{key}_{n}_s_per_iter",
-                  f"fewshot_{key}_auto_s_per_iter")
-    res.notes[f"fewshot_{key}"] = (
+        res.ratio(f"maml_conv4_{tk}_speedup_vs_{n}", f"maml_conv4_{tk}_{n}_s_per_iter", f"fewshot_{tk}_auto_s_per_iter")
+    fastest = min(names, key=lambda n: times[n]) if names else None
+    if fastest:
+        res.ratio(f"maml_conv4_{tk}_speedup_vs_fastest_peer", f"maml_conv4_{tk}_{fastest}_s_per_iter",
+                  f"fewshot_{tk}_auto_s_per_iter")
+    load = load_record(res, f"fewshot_{tk}", load_before, threads)
+    res.notes[f"fewshot_{tk}"] = (
         f"Conv4 {shape[1]}x{shape[2]}x{shape[0]}, {hidden} filters, {n_way}-way {k_shot}-shot, {k_query} queries per "
-        f"class, meta-batch {T}, {steps} inner steps of {lr}, second order; {device}, {torch.get_num_threads()} "
-        f"threads; {repeats} interleaved rounds after {warmup} warm-up, medians; auto picked {choice.name} "
-        f"(its probe: {', '.join(f'{k} {v:.3g} s' for k, v in choice.medians_s.items())})")
+        f"class, meta-batch {T}, {steps} inner steps of {lr}, second order; {device}, {threads} thread(s); random "
+        f"images; {repeats} interleaved rounds after {warmup} warm-up, medians; glibc retains freed memory for every "
+        f"contender; auto picked {choice.name} (its probe: "
+        f"{', '.join(f'{k} {v:.3g} s' for k, v in choice.medians_s.items())}); fastest peer: {fastest}; peers left "
+        f"out: {'; '.join(f'{n}: {w}' for n, w in left_out.items()) or 'none'}; {load}")
     ranked = sorted(times.items(), key=lambda kv: kv[1])
-    print(f"[bench_fewshot] {key}: " + ", ".join(f"{k} {v:.3f} s" for k, v in ranked) + f"; auto = {choice.name}")
+    print(f"[bench_fewshot] {tk}: " + ", ".join(f"{k} {v:.3f} s" for k, v in ranked) + f"; auto = {choice.name}; "
+          + load)
 
 
-def first_order(res: BenchResults, device, *, repeats: int, warmup: int, quick: bool) -> None:
-    """Omniglot, first order: where vmap is valid too (the docstring of nbmodule.meta.maml cites this)."""
+def first_order(res: BenchResults, device, *, repeats: int, warmup: int, quick: bool, threads: int) -> None:
+    """Omniglot, first order: where vmap and the vmap peers are valid too (the docstring of
+    nbmodule.meta.functional cites this)."""
     shape, hidden, n_way, k_shot, k_query, T, steps, lr = SETTINGS["omniglot"]
     if quick:
         T = 2
+    load_before = os.getloadavg()[0]
+    tk = f"omniglot_fo_{threads}t"
     model = make_model(shape, hidden, n_way, device)
     tasks = make_tasks(shape, n_way, k_shot, k_query, T, device)
+    names, left_out = valid_peers(model, first_order=True)
+    check_peers(model, tasks, steps, lr, names, first_order=True)
 
     def engine(strategy):
         def step():
@@ -161,14 +213,32 @@ def first_order(res: BenchResults, device, *, repeats: int, warmup: int, quick: 
                       first_order=True, strategy=strategy)[0].backward()
         return step
 
-    times = {k: statistics.median(v) for k, v in interleaved_seconds(
-        {s: engine(s) for s in ("loop", "vmap", "batched")}, device, repeats=repeats, warmup=warmup).items()}
+    def peer(name):
+        return lambda: (model.zero_grad(set_to_none=True),
+                        peers.META_STEPS[name](model, tasks, F.cross_entropy, steps, lr, True))
+
+    fns = {s: engine(s) for s in ("loop", "vmap", "batched")}
+    fns.update({n: peer(n) for n in names})
+    times = {k: statistics.median(v) for k, v in interleaved_seconds(fns, device, repeats=repeats,
+                                                                     warmup=warmup).items()}
+    model.zero_grad(set_to_none=True)
     for k, v in times.items():
-        res[f"fewshot_omniglot_{k}_fo_s_per_iter"] = v
+        res[f"maml_conv4_{tk}_{k}_s_per_iter" if k in peers.PEERS else f"fewshot_{tk}_{k}_s_per_iter"] = v
     for k in ("vmap", "batched"):
-        res.ratio(f"fewshot_omniglot_{k}_fo_speedup", "fewshot_omniglot_loop_fo_s_per_iter",
-                  f"fewshot_omniglot_{k}_fo_s_per_iter")
-    print("[bench_fewshot] omniglot first order: " + ", ".join(f"{k} {v:.3f} s" for k, v in times.items()))
+        res.ratio(f"fewshot_{tk}_{k}_speedup", f"fewshot_{tk}_loop_s_per_iter", f"fewshot_{tk}_{k}_s_per_iter")
+    best = min(("vmap", "batched"), key=lambda k: times[k])
+    fastest = min(names, key=lambda n: times[n]) if names else None
+    if fastest:
+        res.ratio(f"maml_conv4_{tk}_speedup_vs_fastest_peer", f"maml_conv4_{tk}_{fastest}_s_per_iter",
+                  f"fewshot_{tk}_{best}_s_per_iter")
+    load = load_record(res, f"fewshot_{tk}", load_before, threads)
+    res.notes[f"fewshot_{tk}"] = (
+        f"Conv4 Omniglot 5-way 1-shot as fewshot_omniglot, first order; {device}, {threads} thread(s); "
+        f"{repeats} interleaved rounds after {warmup} warm-up, medians; glibc retains freed memory for every "
+        f"contender; engine = the faster of vmap and batched ({best}); fastest peer: {fastest}; peers left out: "
+        f"{'; '.join(f'{n}: {w}' for n, w in left_out.items()) or 'none'}; {load}")
+    print(f"[bench_fewshot] {tk}: " + ", ".join(f"{k} {v:.3f} s" for k, v in sorted(times.items(),
+                                                                                     key=lambda kv: kv[1])) + "; " + load)
 
 
 def _rss_kb(field: str) -> int:
@@ -233,13 +303,21 @@ def memory(res: BenchResults, device) -> None:
                                       "choose_strategy's memory check assumes")
 
 
+#: torch thread counts every timing figure is measured at (the issue's "1 and 2 threads")
+THREADS = (1, 2)
+
+
 def run(quick: bool = False) -> BenchResults:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     res = BenchResults(fewshot_threads=torch.get_num_threads(), fewshot_on_cuda=int(device.type == "cuda"))
-    repeats, warmup = (1, 1) if quick else (3, 1)
-    for key, setting in SETTINGS.items():
-        compare(key, setting, device, res, repeats=repeats, warmup=warmup, quick=quick)
-    first_order(res, device, repeats=repeats, warmup=warmup, quick=quick)
+    if device.type == "cpu":  # process-wide: once, before anything is timed, so it holds for every contender
+        retain_freed_memory()
+    repeats, warmup = (1, 1) if quick else (5, 1)
+    for threads in ((1,) if quick else THREADS):
+        with torch_threads(threads):
+            for key, setting in SETTINGS.items():
+                compare(key, setting, device, res, repeats=repeats, warmup=warmup, quick=quick, threads=threads)
+            first_order(res, device, repeats=repeats, warmup=warmup, quick=quick, threads=threads)
     if not quick:
         memory(res, device)
     return res

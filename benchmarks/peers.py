@@ -14,8 +14,17 @@ own MAML example does it:
   ``diffopt.step(loss)`` per inner step, the query loss backpropagated per task (its maml-omniglot example);
 * ``torchopt`` 0.7.3: the functional API (``torchopt.sgd`` + ``update(..., inplace=False)`` +
   ``apply_updates(..., inplace=False)`` on the parameters of ``functional_call``), tasks in a loop, the
-  stacked query losses averaged and backpropagated once (its few-shot example's outer step). Its ``vmap``
-  recipe is not used: second-order gradients through batch norm are wrong under vmap (functorch #534).
+  stacked query losses averaged and backpropagated once (its few-shot example's outer step);
+* ``torch.func`` (PyTorch's own MAML recipe, ``functorch/examples/maml_regression`` and ``maml_omniglot``):
+  a per-task loss function that takes ``steps`` inner steps with ``torch.func.grad`` of the support loss
+  through ``functional_call``, mapped over the tasks with ``torch.func.vmap``; the mean query loss
+  backpropagated once;
+* ``torchopt_vmap``: the same, the inner step being torchopt's functional SGD (``init``/``update``/
+  ``apply_updates``, ``inplace=False``) inside the vmapped per-task function (torchopt's functorch examples).
+
+A user of torch.func or torchopt would batch the tasks with vmap, so the vmap recipes are peers wherever they
+are valid: not for second-order MAML through batch norm or layer norm, whose meta-gradients are wrong under
+vmap (functorch #534; :func:`valid` says so and the benchmarks exclude them there, with that reason).
 
 ``available()`` says which peers import here and why the others do not.
 """
@@ -29,19 +38,33 @@ from torch import Tensor
 from torch.func import functional_call
 
 Tasks = Sequence[Tensor]
-PEERS = ("learn2learn", "higher", "torchopt")
+PEERS = ("learn2learn", "higher", "torchopt", "torch_func", "torchopt_vmap")
+#: the peers that batch the tasks with torch.func.vmap (valid only where vmap's meta-gradient is right)
+VMAP_PEERS = ("torch_func", "torchopt_vmap")
+_MODULE = {"higher": "higher", "torchopt": "torchopt", "torchopt_vmap": "torchopt"}
 
 
 def available() -> dict[str, str]:
     """peer -> "" when it can run here, else the reason it cannot."""
-    out = {"learn2learn": ""}  # reimplemented here
-    for name in ("higher", "torchopt"):
+    out = {"learn2learn": "", "torch_func": ""}  # reimplemented here / part of torch
+    for name, module in _MODULE.items():
         try:
-            __import__(name)
+            __import__(module)
             out[name] = ""
         except Exception as e:  # ImportError, or a broken install
-            out[name] = f"{name} not importable ({type(e).__name__}: {e}); install the project's bench extra"
+            out[name] = f"{module} not importable ({type(e).__name__}: {e}); install the project's bench extra"
     return out
+
+
+def valid(peer: str, model: nn.Module, first_order: bool) -> str:
+    """"" when ``peer`` computes the right meta-gradient for ``model``, else why not (the vmap recipes: second
+    order through batch norm/layer norm, functorch #534; a batch norm updating running statistics)."""
+    if peer not in VMAP_PEERS:
+        return ""
+    from nbmodule.meta.functional import vmap_problem
+
+    problem = vmap_problem(model, first_order=first_order)
+    return f"not valid here: {problem}" if problem else ""
 
 
 # --- learn2learn (reimplemented from learn2learn/utils/__init__.py and algorithms/maml.py) ------------------
@@ -135,7 +158,58 @@ def torchopt_meta_step(model: nn.Module, tasks: Tasks, loss_fn: Callable, steps:
     torch.stack(losses).mean().backward()
 
 
-META_STEPS = {"learn2learn": learn2learn_meta_step, "higher": higher_meta_step, "torchopt": torchopt_meta_step}
+# --- torch.func: PyTorch's MAML recipe (vmap over tasks) ------------------------------------------------------
+def torch_func_meta_step(model: nn.Module, tasks: Tasks, loss_fn: Callable, steps: int, inner_lr: float,
+                         first_order: bool = False) -> None:
+    from torch.func import grad, vmap
+
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+
+    def loss_for_task(x_spt: Tensor, y_spt: Tensor, x_qry: Tensor, y_qry: Tensor) -> Tensor:
+        def compute_loss(new_params: dict, x: Tensor, y: Tensor) -> Tensor:
+            return loss_fn(functional_call(model, (new_params, buffers), (x,)), y)
+
+        new_params = params
+        for _ in range(steps):
+            grads = grad(compute_loss)(new_params, x_spt, y_spt)
+            if first_order:
+                grads = {k: g.detach() for k, g in grads.items()}
+            new_params = {k: new_params[k] - inner_lr * grads[k] for k in new_params}
+        return compute_loss(new_params, x_qry, y_qry)
+
+    vmap(loss_for_task)(*tasks).mean().backward()
+
+
+# --- torchopt's functional optimiser inside the vmapped per-task function --------------------------------------
+def torchopt_vmap_meta_step(model: nn.Module, tasks: Tasks, loss_fn: Callable, steps: int, inner_lr: float,
+                            first_order: bool = False) -> None:
+    import torchopt
+    from torch.func import grad, vmap
+
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p for _, p in model.named_parameters())
+    buffers = dict(model.named_buffers())
+    inner_opt = torchopt.sgd(lr=inner_lr)
+
+    def loss_for_task(x_spt: Tensor, y_spt: Tensor, x_qry: Tensor, y_qry: Tensor) -> Tensor:
+        def compute_loss(p: tuple, x: Tensor, y: Tensor) -> Tensor:
+            return loss_fn(functional_call(model, ({**dict(zip(names, p)), **buffers}), (x,)), y)
+
+        p, state = params, inner_opt.init(params)
+        for _ in range(steps):
+            grads = grad(compute_loss)(p, x_spt, y_spt)
+            if first_order:
+                grads = tuple(g.detach() for g in grads)
+            updates, state = inner_opt.update(grads, state, inplace=False)
+            p = torchopt.apply_updates(p, updates, inplace=False)
+        return compute_loss(p, x_qry, y_qry)
+
+    vmap(loss_for_task)(*tasks).mean().backward()
+
+
+META_STEPS = {"learn2learn": learn2learn_meta_step, "higher": higher_meta_step, "torchopt": torchopt_meta_step,
+              "torch_func": torch_func_meta_step, "torchopt_vmap": torchopt_vmap_meta_step}
 
 
 def engine_meta_step(model: nn.Module, tasks: Tasks, loss_fn: Callable, steps: int, inner_lr: float,
