@@ -13,9 +13,10 @@ linear layers become batched matmuls) and ``"batched"`` (the task-batched progra
 Which is fastest depends on the model, the batch and the machine, so it is measured:
 :func:`nbmodule.meta.choose_strategy` (:mod:`nbmodule.meta.strategy`) times the valid candidates on a real
 meta-batch and returns a :class:`~nbmodule.meta.StrategyChoice` to pass as ``strategy=`` and to record. That is
-what the studies use (the few-shot study measures for runs of 200 meta-iterations or more and records
-"not measured" with the loop otherwise; see :func:`nbmodule.engines.fewshot.choose_strategy`); the timings
-behind it are in ``benchmarks/bench_maml_sinusoid.py`` and ``benchmarks/bench_fewshot.py``.
+what the few-shot study uses with ``strategy: auto`` (it measures on a GPU, and on a CPU for runs of 200
+meta-iterations or more; shorter CPU runs take the loop and record "not measured": see
+:func:`nbmodule.engines.fewshot.choose_strategy`); the timings behind it, beside the peer libraries', are in
+``benchmarks/bench_maml_sinusoid.py`` and ``benchmarks/bench_fewshot.py``.
 
 ``strategy="auto"`` passed to :func:`meta_loss` itself is a fixed rule for callers that do not measure
 (:func:`resolve_strategy`): the loop for conv nets on a CPU and for models whose vmap would be wrong, vmap
