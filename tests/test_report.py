@@ -86,6 +86,10 @@ def test_missing_and_partial_results_say_so(tmp_path):
     _fewshot_run(seeds / "seed1", 1, None, logged=400)
     assert run_progress(seeds).describe() == "partial: 1 of 2 runs complete, 400 of 1 000 iterations"
     assert seed_metrics(seeds)["omniglot_5way_1shot_acc"][2] == 1
+    # a run that wrote its config and checkpoints only (checkpoints are not committed): no made-up count
+    quiet = RunDir(root / "04_maml_sampling_3d")
+    (quiet.path / "config.json").write_text(json.dumps({"config": {"meta_iterations": 50000}, "status": "running"}))
+    assert run_progress(quiet.path).describe() == "partial: no curve or metrics.json written yet"
 
 
 def test_a_new_folder_appears_in_its_notebooks_place(tmp_path):

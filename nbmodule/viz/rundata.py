@@ -253,22 +253,22 @@ class Progress:
             parts.append(f"{self.runs_done} of {self.runs} runs complete")
         if self.planned:
             parts.append(f"{_thousands(self.done or 0)} of {_thousands(self.planned)} {unit}")
-        return "partial: " + (", ".join(parts) if parts else "no metrics.json yet")
+        return "partial: " + (", ".join(parts) if parts else "no curve or metrics.json written yet")
 
 
 def _thousands(n: int) -> str:
     return f"{n:,}".replace(",", " ")
 
 
-def _logged_iterations(run_dir: Path) -> int:
-    """The furthest iteration any curve of ``run_dir`` logged (``step`` or ``iteration``), 0 when none."""
-    best = 0
+def _logged_iterations(run_dir: Path) -> int | None:
+    """The furthest iteration any curve of ``run_dir`` logged (``step`` or ``iteration``), None when none did."""
+    best = None
     for df in read_curves(run_dir).values():
         for col in ("step", "iteration"):
             if col in df.columns:
                 vals = pd.to_numeric(df[col], errors="coerce").dropna()
                 if len(vals):
-                    best = max(best, int(vals.max()))
+                    best = max(best or 0, int(vals.max()))
     return best
 
 
@@ -287,10 +287,12 @@ def run_progress(folder: str | Path) -> Progress:
         fields = cfg.get("config", {}) if isinstance(cfg.get("config"), dict) else {}
         plan = next((int(fields[k]) for k in _PLANNED if isinstance(fields.get(k), (int, float))), None)
         logged = _logged_iterations(run)
-        if least is None or logged < least:
-            least, planned = logged, plan
+        if least is None or (logged if logged is not None else -1) < least:
+            least, planned = (logged if logged is not None else -1), plan
     if done == len(runs):
         return Progress("complete", len(runs), done)
+    if least is None or least < 0:  # nothing logged yet: no iteration count to give
+        return Progress("partial", len(runs), done)
     return Progress("partial", len(runs), done, least if planned else None, planned)
 
 
