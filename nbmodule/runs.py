@@ -695,6 +695,23 @@ class RunDir:
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, self.path / MARKER)
 
+    def record(self, *paths: str | Path) -> None:
+        """Add files written into this folder by other means (a copied checkpoint, a log) to its marker, so
+        ``--restart`` may delete them; paths absolute or relative to the folder."""
+        if self._files is not None:
+            for path in paths:
+                self._record(_relative(self.path, path))
+            return
+        marker = self._read_marker() or {"study": ""}
+        self._files, self._study = set(marker.get("files", [])), marker.get("study", "")
+        try:
+            before = set(self._files)
+            self._files |= {_relative(self.path, p) for p in paths} - {MARKER, LOCK}
+            if self._files != before:
+                self._write_marker()
+        finally:
+            self._files = None
+
     def _record(self, rel: str) -> None:
         if (self._files is not None and rel not in self._files and rel not in (MARKER, LOCK)
                 and not _OWN_LEFTOVERS.match(Path(rel).name)):
@@ -728,6 +745,13 @@ class RunDir:
             self._files = set()
         if (self.path / MARKER).exists():
             (self.path / MARKER).unlink()
+
+
+def _relative(folder: Path, path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    return (path.parent.resolve() / path.name).relative_to(folder.resolve()).as_posix()
 
 
 def _entries(folder: Path) -> set[str]:

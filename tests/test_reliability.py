@@ -205,10 +205,10 @@ def test_what_cannot_fit_in_memory_is_refused_before_training(tmp_path, capsys, 
 
 # -- 5. divergence is never silent ---------------------------------------------------------------------------
 @pytest.mark.parametrize("override", ["inner_lr=.inf", "meta_lr=.nan", "queue_init_scale=-.inf"])
-def test_non_finite_values_are_refused_at_validation(tmp_path, capsys, override):
-    assert cli.main(["run", "maml_sampling", "--config", "default", "--out", str(tmp_path), override]) == 2
+def test_non_finite_values_are_refused_at_validation(tmp_path, capsys, override, no_figures):
+    assert _cli(tmp_path, override) == 2
     assert "finite number" in capsys.readouterr().err
-    assert not (tmp_path / "04_maml_sampling").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_diverging_run_stops_naming_the_step_and_the_last_good_checkpoint(tmp_path, capsys, no_figures):

@@ -149,3 +149,21 @@ def test_no_warning_on_a_clean_resume(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _loop(run, 4, {"lr": 0.1})
+
+
+def test_files_written_by_other_means_can_be_recorded_for_restart(tmp_path):
+    """A sweep's cell log or copied checkpoints are the project's too once recorded: --restart may delete them."""
+    from nbmodule.config import ConfigError
+
+    run = RunDir(tmp_path, "cell")
+    (run.path / "cell.log").write_text("log")
+    with pytest.raises(ConfigError, match=r"cell\.log.*nothing was deleted"):
+        run.clear()
+    run.record(run.path / "cell.log")
+    (run.path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"notes\.txt"):
+        run.clear()
+    assert (run.path / "cell.log").is_file()
+    (run.path / "notes.txt").unlink()
+    run.clear()
+    assert list(run.path.iterdir()) == []
