@@ -20,7 +20,7 @@ from data_prep.options import OptionError, parse_key_value, parse_key_values
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 __all__ = ["Config", "StudyConfig", "ConfigError", "CONFIG_ROOT", "config_path", "list_configs", "make_config",
-           "load_config", "load_yaml", "parse_override", "parse_overrides", "pick"]
+           "load_config", "load_yaml", "parse_yaml", "parse_override", "parse_overrides", "pick"]
 
 #: Where the studies' YAML configs live (inside the installed package).
 CONFIG_ROOT = Path(__file__).with_name("configs")
@@ -188,10 +188,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark, f"found the key {key!r} twice (first {seen[key]})",
+                    None, None, f"found the key {key!r} twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
                     key_node.start_mark)
-            seen[key] = key_node.start_mark
+            seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a mapping key given twice (:class:`yaml.YAMLError` naming it)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -204,7 +209,7 @@ def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
         cycle = " -> ".join(str(p) for p in (*_chain, resolved))
         raise ConfigError(f"config file {path}: its base: chain loops ({cycle})")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        data = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as "
                           "UTF-8") from None

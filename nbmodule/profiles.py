@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, StudyConfig
+from .config import ConfigError, StudyConfig, parse_yaml
 
 __all__ = ["PROFILES", "PROFILE_NAMES", "RUNTIME", "ProfileError", "load_profiles", "suite_settings",
            "notebook_parameters", "study_profile"]
@@ -30,8 +30,8 @@ class ProfileError(ConfigError):
 def load_profiles(path: str | Path = PROFILES) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
+        data = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ProfileError(f"cannot read profiles {path}: {err}") from None
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: expected a mapping of notebook stem -> profile -> parameters")

@@ -36,7 +36,7 @@ from .env import REPO_ROOT, runs_root
 from .profiles import PROFILE_NAMES, PROFILES, load_profiles, notebook_parameters, suite_settings
 from .progress import progress_bar
 from .runs import _read_json, atomic_write_text, versions
-from .config import pick
+from .config import parse_yaml, pick
 from .studies import check_writable, study_for_notebook
 
 __all__ = ["PROFILES", "PROFILE_NAMES", "SuiteError", "NotebookResult", "load_profiles", "find_notebooks",
@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             source = text
         try:
-            loaded = yaml.safe_load(source)
+            loaded = parse_yaml(source)
         except yaml.YAMLError as err:
             print(f"error: -y {text!r} is not valid YAML: {str(err).splitlines()[0]}", file=sys.stderr)
             return 2

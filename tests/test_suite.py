@@ -168,3 +168,11 @@ def test_a_damaged_summary_is_kept_aside(books, tmp_path, capsys):
     assert (out / "summary.json.bad").read_text() == '{"results": [{"notebook": "01_first"'
     assert "kept it as" in capsys.readouterr().err
     assert [r["notebook"] for r in json.loads((out / "summary.json").read_text())["results"]] == ["01_first"]
+
+
+def test_a_parameter_given_twice_in_yaml_is_refused(books, capsys, monkeypatch):
+    folder, profiles = books
+    monkeypatch.setattr(suite, "PROFILES", profiles)
+    assert suite.main(["--profile", "smoke", "--notebooks", str(folder), "-y", "x: 1\nx: 2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "found the key 'x' twice (lines 1 and 2)" in err[0]
