@@ -791,11 +791,16 @@ def _pid_alive(pid: Any) -> bool:
 
 def _acquire(path: Path, study: str) -> int:
     """Open and lock the lock file; write our details in it. Returns its descriptor."""
-    import fcntl
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the pid in the file decides
+        fcntl = None
 
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         try:
+            if fcntl is None:
+                raise OSError(errno.ENOSYS, "no fcntl")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             flocked = True
         except BlockingIOError:
