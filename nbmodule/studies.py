@@ -32,7 +32,8 @@ class Study:
     # The list fields whose entries are independent runs: the cells of a sweep (nbmodule.sweep), e.g. regimes x
     # seeds. Each entry keeps its own checkpoints, named by the entry and made with a config that leaves these
     # lists out, and the study's run reuses a finished one's result: so `run` over the cells' gathered
-    # checkpoints trains nothing and is the study's reduction, writing what one whole-grid run writes.
+    # checkpoints trains nothing and is the study's reduction, writing what one whole-grid run writes (a step
+    # that combines entries runs there: maml_rl's fine-tuning step chosen over seeds, and its evaluation).
     cells: tuple[str, ...] = ()
 
     @property

@@ -14,8 +14,9 @@ checkpoints and lock) with its list fields cut to one entry, pinned to ``--cpus-
 places the cells (``ray.remote`` with ``num_cpus``/``num_gpus``) and reruns one whose worker died; our code
 only decides what a cell is and how cells combine. When every cell of a group is done, the study's own
 reduction writes the group's run folder: the cells' checkpoints are gathered there and the study runs over
-them, which trains nothing (each cell's finished result is reused) and writes exactly what the whole grid
-run in one process writes (``metrics.json`` key for key but the timings, curves, figures).
+them, which trains nothing (each cell's finished result is reused; what combines cells runs there, e.g.
+maml_rl's fine-tuning step chosen over seeds) and writes exactly what the whole grid run in one process
+writes (``metrics.json`` key for key but the timings, curves, figures).
 
 Layout of ``<out>/<notebook stem>/`` (``--out`` defaults to ``runs/``, with ``--profile``: ``runs/<profile>/``)::
 
@@ -290,7 +291,8 @@ def cell_states(plan: Plan) -> dict[str, CellState]:
 
 def _has_results(folder: Path) -> bool:
     ck = folder / "checkpoints"
-    return (folder / "metrics.json").is_file() or (ck.is_dir() and any(not p.name.startswith(".") for p in ck.iterdir()))
+    return (folder / "metrics.json").is_file() or (ck.is_dir() and any(not p.name.startswith(".")
+                                                                        for p in ck.iterdir()))
 
 
 def _check_folders(plan: Plan) -> None:
@@ -503,7 +505,8 @@ def _start_ray(ray: Any, *, workers: int | None, cpus: int, gpus: float, address
         for attempt in range(1, START_ATTEMPTS + 1):
             before = _children()
             try:
-                ray.init(**kwargs)
+                with _without_optional_grammar():
+                    ray.init(**kwargs)
                 break
             except Exception as err:  # Ray's own start-up timeout (ray-project/ray#65983) on a busy machine
                 with contextlib.suppress(Exception):
@@ -522,6 +525,39 @@ def _start_ray(ray: Any, *, workers: int | None, cpus: int, gpus: float, address
 # seconds of CPU importing (here: jsonschema's rfc3987 grammar, installed with Jupyter): a machine busy with
 # other work can miss that window, so a local start is tried again.
 START_ATTEMPTS = 3
+
+
+@contextlib.contextmanager
+def _without_optional_grammar() -> Iterator[None]:
+    """Start Ray's processes (and, through them, the cells' workers) without ``rfc3987_syntax``.
+
+    Every Ray process imports ``jsonschema``, which imports that package when it is installed (Jupyter's
+    ``jsonschema[format-nongpl]`` brings it) to check IRI formats nobody here validates; building its grammar
+    costs about 3.5 s of CPU per process, which on a busy machine pushes Ray's agents past the raylet's fixed
+    start-up wait. ``jsonschema`` treats the package as optional (an ImportError: the format is not checked), so
+    a folder (in the temporary directory, kept: workers start from it all along) holding a stand-in that raises
+    ImportError is put first on the children's ``PYTHONPATH``; this process's environment is restored at once
+    (the raylet starts workers with the environment it was started with)."""
+    import importlib.util
+    import tempfile
+
+    if importlib.util.find_spec("rfc3987_syntax") is None:
+        yield
+        return
+    folder = Path(tempfile.gettempdir()) / f"nbmodule-ray-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    init = folder / "rfc3987_syntax" / "__init__.py"
+    text = 'raise ImportError("left out of the Ray processes of nbmodule.sweep: start-up time")\n'
+    if not init.is_file() or init.read_text() != text:
+        atomic_write_text(init, text)
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), before) if p)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def _children() -> set[int]:
@@ -721,7 +757,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="more cells: one group per value (YAML values; config=NAME1,NAME2 for config files)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="cells at once (default: this machine's CPUs / --cpus-per-cell; on a cluster: all it fits)")
+                        help="cells at once (default: this machine's CPUs / --cpus-per-cell; a cluster: all it fits)")
     parser.add_argument("--cpus-per-cell", type=int, default=1, help="CPUs Ray reserves and torch threads per cell")
     parser.add_argument("--gpus-per-cell", type=float, default=0.0,
                         help="GPUs per cell (0.5: two cells share one); > 0 runs cells on cuda")

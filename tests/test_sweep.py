@@ -19,7 +19,7 @@ from nbmodule import cli
 from nbmodule.profiles import load_profiles, study_profile
 from nbmodule.runs import RunContext, RunDir, is_timing_key, read_metrics
 from nbmodule.studies import execute, get_study
-from nbmodule.sweep import (CELL_LOG, INSTALL_HINT, SWEEP_FILE, SweepError, cell_states, format_status, parse_grid,
+from nbmodule.sweep import (CELL_LOG, INSTALL_HINT, SWEEP_FILE, SweepError, cell_states, parse_grid,
                             plan_sweep, reduce_group, run_cell)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +43,8 @@ def sequential(tmp_path_factory) -> dict:
     cfg, _ = study_profile(load_profiles(), "smoke", study.notebook, study.config_class)
     cfg = study.config_class.from_values({**cfg.to_dict(), **OVERRIDES})
     folder = tmp_path_factory.mktemp("sequential") / "04_maml_sampling"
-    metrics = execute(study, cfg, RunDir(folder), RunContext.create(device="cpu", progress=False, threads=1))
+    metrics = execute(study, cfg, RunDir(folder), RunContext.create(device="cpu", progress=False, threads=1),
+                      figures=False)
     assert len(_science(metrics)) == 2 * 10  # 5 losses and their intervals per regime
     return metrics
 
