@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # torch is imported lazily: `python -m nbmodule list` should 
 __all__ = ["RunDir", "RunContext", "Checkpointer", "ResumeError", "CheckpointError", "RunLockedError",
            "DivergenceError", "MemoryEstimateError", "versions", "read_metrics", "read_curve", "atomic_write_bytes",
            "atomic_write_text", "is_timing_key", "compare_configs", "rng_state", "set_rng_state", "check_finite",
-           "check_memory", "current_step", "MARKER", "LOCK"]
+           "check_memory", "current_step", "verify_archive", "MARKER", "LOCK"]
 
 #: The marker a run writes in its folder: the study and every file it wrote (what ``--restart`` may delete).
 MARKER = ".nbmodule-run.json"
