@@ -136,6 +136,22 @@ def _config(folder: Path) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
+def _limit(*values: tuple[float, float], limit: float = math.nan) -> str:
+    """Whether every (mean, 95% half-width) stays at or under ``limit``: met when each whole interval does, not
+    met when some whole interval lies above it, undecided otherwise (one run: judged on its value)."""
+    values = tuple(v for v in values if math.isfinite(v[0]))
+    if not values:
+        return "not measured yet"
+    worst = max(values, key=lambda v: v[0])
+    half = lambda v: v[1] if math.isfinite(v[1]) else 0.0  # noqa: E731
+    if all(v[0] + half(v) <= limit for v in values):
+        return f"**met** (worst task {fmt(worst[0], 1)}%)"
+    if any(v[0] - half(v) > limit for v in values):
+        over = max(values, key=lambda v: v[0] - half(v))
+        return f"**not met**: {fmt(over[0], 1)}%, {fmt(over[0] - limit, 1)} points over"
+    return f"**undecided**: worst mean {fmt(worst[0], 1)}%, its 95% interval spans the limit"
+
+
 # --- 02 ------------------------------------------------------------------------------------------------------
 def render_replay(folder: Path) -> str:
     from ..engines.replay.protocol import FORGETTING_LIMIT_PCT
@@ -162,14 +178,7 @@ def render_replay(folder: Path) -> str:
                         rows))
     lines.append("")
     seg, det = _m(m, "seg_drop_pct"), _m(m, "det_drop_pct")
-    finite = [v for v in (seg[0], det[0]) if math.isfinite(v)]
-    worst = max(finite) if finite else math.nan
-    if not math.isfinite(worst):
-        judged = "not measured yet"
-    elif worst <= FORGETTING_LIMIT_PCT:
-        judged = f"**met** (worst task {fmt(worst, 1)}%)"
-    else:
-        judged = f"**not met**: worst task {fmt(worst, 1)}%, {fmt(worst - FORGETTING_LIMIT_PCT, 1)} points over"
+    judged = _limit(seg, det, limit=FORGETTING_LIMIT_PCT)
     data = "synthetic shapes in the VOC / COCO / Imagenette formats" if cfg.get("synthetic") else "the mini sets"
     diff = _differences([], [f"data: {data} at {cfg.get('image_size', '?')} px (the seed: the real mini VOC, "
                                      "COCO and Imagenette)" if cfg.get("synthetic") else f"data: {data}",
