@@ -32,11 +32,11 @@ class ReplayConfig(StudyConfig):
     RESUMABLE: ClassVar[frozenset[str]] = frozenset()
     NEUTRAL: ClassVar[frozenset[str]] = frozenset({"checkpoint_every", "latency_repeats", "n_examples"})
 
-    seed: int = Field(ge=0)                                   # initialisation, batch order, replay draws, augmentation
+    seed: int = Field(ge=0, lt=2**31)                         # initialisation, batch order, replay draws, augmentation
     # data
     synthetic: bool                                           # synthetic shapes, or the real sets (synthetic fallback)
     scale: Literal["smoke", "cpu", "full"]                    # size of synthetic data
-    data_seed: int = Field(ge=0)                              # seed of data preparation (mini-set picks, shapes)
+    data_seed: int = Field(ge=0, lt=2**31)                    # seed of data preparation (mini-set picks, shapes)
     n_train: Optional[Annotated[int, Field(ge=1, le=1_000_000)]]  # at most this many training images per task
     n_val: Optional[Annotated[int, Field(ge=1, le=1_000_000)]]    # ... validation images per task
     det_classes: Optional[Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=80)]]
@@ -67,8 +67,8 @@ class ReplayConfig(StudyConfig):
     runs: list[RunName] = Field(max_length=3)                 # runs besides the main replay run
     # evaluation and reporting
     det_score_threshold: float = Field(ge=0, lt=1)
-    log_every: int = Field(ge=1)
-    checkpoint_every: int = Field(ge=1)                       # mid-stage checkpoint period (steps)
+    log_every: int = Field(ge=1, le=100_000_000)
+    checkpoint_every: int = Field(ge=1, le=100_000_000)       # mid-stage checkpoint period (steps)
     latency_size: int = Field(ge=32, le=2048, multiple_of=32)
     latency_repeats: int = Field(ge=1, le=10_000)
     n_examples: int = Field(ge=0, le=16)

@@ -13,7 +13,7 @@ from ...data.replay import ReplayBuffer
 from ...data.vision import collate_task
 from ...losses import centernet_targets, detection_loss, distillation_loss, segmentation_loss
 from ...models.unified import UnifiedModel
-from ...runs import Checkpointer
+from ...runs import Checkpointer, check_finite
 from .config import ReplayConfig
 from .data import TaskData
 
@@ -163,9 +163,10 @@ def train_stage(model: UnifiedModel, task: str, data: TaskData, cfg: ReplayConfi
                 old = teacher(images)
             extra = extra + cfg.lwf_weight * lwf_loss(out, _float(old), earlier, cfg.lwf_temperature)
         loss = main + extra
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{run} stage {stage} ({task}) step {step}: loss is {loss.item()} "
-                                     f"(task {main.item()}, replay/LwF {float(extra)}); lower lr or disable amp")
+        if not torch.isfinite(loss):  # the parts are named only then (each .item() waits for the device)
+            check_finite(loss, step=step, run_dir=checkpoint.run if checkpoint is not None else None,
+                         what=f"the loss of {run} stage {stage} ({task}; task {main.item():.4g}, replay/LwF "
+                              f"{float(extra):.4g}; or disable amp)")
         opt.zero_grad(set_to_none=True)
         prec.scaler.scale(loss).backward()
         prec.scaler.unscale_(opt)
