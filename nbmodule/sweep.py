@@ -617,8 +617,9 @@ def run_sweep(plan: Plan, *, workers: int | None = None, cpus_per_cell: int = 1,
     t_start = time.perf_counter()
     _check_folders(plan)
     record = _read_record(plan.root)
-    if _driver_alive(record.get("driver")) and record["driver"].get("pid") != os.getpid():
-        d = record["driver"]
+    # a driver on another host cannot be checked: there, the cells' own run-folder locks keep two sweeps apart
+    d = record.get("driver") or {}
+    if _driver_alive(d) and d.get("host") == socket.gethostname() and d.get("pid") != os.getpid():
         raise SweepError(f"another sweep (pid {d.get('pid')} on {d.get('host')}, started {d.get('started')}) is "
                          f"running {plan.root}; wait for it, or see its progress with --status")
     states = cell_states(plan)
