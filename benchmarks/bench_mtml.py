@@ -108,7 +108,7 @@ def run(quick: bool = False) -> BenchResults:
             cfg = MtmlConfig.from_values({**common, "meta_steps": steps}, source="bench_mtml")
             _, st = meta_train(cfg, RunDir(tmp), "timed", model, ["seg", "depth", "edges"], data, device=device,
                                progress=False)
-        res["mtml_meta_step_img_s"] = steps * 4 * 2 * n / st["train_s"]
+        res["mtml_meta_step_img_s"] = st["image_passes"] / st["train_s"]  # forward+backward passes, counted
         res.notes["mtml"] = (f"{backbone} at {size[0]}x{size[1]}, batch {n}, {device}, "
                              f"{torch.get_num_threads()} threads, "
                              f"median of {repeats} timings of {inner} steps; torch_channels_last_* = PyTorch's "

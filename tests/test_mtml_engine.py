@@ -18,8 +18,9 @@ from nbmodule.engines.mtml import study as study_mod
 from nbmodule.runs import ResumeError, RunContext, RunDir
 from nbmodule.studies import execute
 
-TINY = dict(steps=3, meta_steps=2, finetune_steps=4, finetune_lrs=[0.001, 0.01], eval_every=2, batch_size=2,
-            head_width=4, checkpoint_every=2, n_examples=2)
+# steps x batch = 16 image passes = one MTML step (4 subsets x (1 inner + 1 query) x 2 images): equal compute
+TINY = dict(steps=8, meta_steps=2, lrs=[0.001, 0.01], finetune_steps=4, finetune_lrs=[0.001, 0.01], eval_every=2,
+            batch_size=2, head_width=4, checkpoint_every=2, n_examples=2, bn_images=4)
 CPU = dict(device="cpu", progress=False)
 
 
@@ -181,6 +182,8 @@ def test_meta_step_is_functional_and_reaches_encoder_and_heads(tiny_data, tmp_pa
     model, info = mtml.meta_train(cfg, RunDir(tmp_path), "mtml", model, ["seg", "depth", "edges"], train,
                                   device=torch.device("cpu"), progress=False)
     assert info["subsets"] == [["seg", "depth"], ["seg", "edges"], ["depth", "edges"], ["seg", "depth", "edges"]]
+    # counted in the loop: per subset one support (inner gradient) and one query pass of 2 images each
+    assert info["image_passes"] == 4 * 2 * 2 == mtml.meta_passes_per_step(cfg, 4, 2)
     changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
     assert any(k.startswith("encoder.") for k in changed)
     assert {t for t in ("seg", "depth", "edges") if any(k.startswith(f"heads.{t}.") for k in changed)} == \
@@ -223,7 +226,8 @@ def test_an_interrupted_phase_resumes_to_the_same_numbers(tiny_data, tmp_path, m
 
 
 # --- the study's contract and protocols -------------------------------------------------------------------------
-ROWS = ("single", "mtl", "mtl_adapted", "mtml", "mtml_adapted")
+ROWS = ("single", "mtl", "mtl_adapted", "mtml", "mtml_adapted", "mtml_compute", "mtml_compute_adapted")
+STARTS = ("single", "mtl", "mtml", "mtml_compute")
 
 
 def test_study_writes_every_row_budget_and_figure(study_run):
@@ -235,13 +239,14 @@ def test_study_writes_every_row_budget_and_figure(study_run):
         for task in cfg.train_tasks:
             for name in names[task]:
                 assert math.isfinite(metrics[f"{row}_{task}_{name}"]), (row, task, name)
-    for start in ("single", "mtl", "mtml"):
+    for start in STARTS:
         assert all(math.isfinite(metrics[f"{start}_normals_{n}"]) for n in names["normals"])
     assert metrics["mtl_optimizer_steps"] == cfg.steps and metrics["mtml_optimizer_steps"] == cfg.meta_steps
     assert metrics["mtml_inner_steps"] == cfg.meta_steps * 4 * cfg.inner_steps  # 4 subsets of 3 tasks
     assert metrics["mtl_adapted_steps"] == metrics["mtml_adapted_steps"] == cfg.inner_steps
     assert metrics["synthetic"] == 1 and metrics["encoder_pretrained"] == 0
     assert "single_delta_m" not in metrics  # nothing to compare the baseline with
+    assert metrics["bn_images"] == 4
     assert json.loads((run.path / "metrics.json").read_text()) == metrics
     for name in ("mtml_table", "mtml_heldout", "train_curves", "edges_pr", "examples"):
         assert (run.path / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
@@ -264,15 +269,21 @@ def test_delta_m_and_delta_p_match_a_hand_computation(study_run):
     for row in ROWS[1:]:
         dm = [rel(row, t, *dm_metric[t]) for t in cfg.train_tasks]
         dp = [[rel(row, t, *mv) for mv in dp_metrics[t]] for t in cfg.train_tasks]
-        if None in dm:
-            assert m[f"{row}_delta_m"] is None
-        else:
-            assert m[f"{row}_delta_m"] == pytest.approx(sum(dm) / len(dm))
-        if any(None in d for d in dp):
-            assert m[f"{row}_delta_p"] is None
-        else:
-            assert m[f"{row}_delta_p"] == pytest.approx(np.mean([np.mean(d) for d in dp]))
-    assert any(m[f"{row}_delta_m"] is not None for row in ROWS[1:])
+        assert None not in dm and not any(None in d for d in dp), row  # every baseline metric is non-zero here
+        assert m[f"{row}_delta_m"] == pytest.approx(sum(dm) / len(dm)), row
+        assert m[f"{row}_delta_p"] == pytest.approx(np.mean([np.mean(d) for d in dp])), row
+
+
+def test_relative_scores_are_null_only_for_a_zero_baseline_and_raise_for_a_missing_task():
+    from nbmodule.engines.mtml.evaluate import relative_scores
+
+    base = {"seg": {"miou": 40.0, "pixel_acc": 60.0}, "depth": {"abs_err": 0.5, "rel_err": 0.2, "rmse": 1.0}}
+    res = {"seg": {"miou": 44.0, "pixel_acc": 60.0}, "depth": {"abs_err": 0.5, "rel_err": 0.2, "rmse": 1.0}}
+    assert relative_scores("mtl", res, base)["mtl_delta_m"] == pytest.approx(5.0)
+    zero = {**base, "seg": {"miou": 0.0, "pixel_acc": 60.0}}
+    assert relative_scores("mtl", res, zero) == {"mtl_delta_m": None, "mtl_delta_p": None}
+    with pytest.raises(ValueError, match=r"\['depth'\] in the baseline but not in the metrics"):
+        relative_scores("mtl", {"seg": res["seg"]}, base)
 
 
 def test_mtl_and_mtml_are_scored_both_ways_on_the_same_support_batch(study_run):
@@ -287,7 +298,7 @@ def test_heldout_task_is_learnt_like_for_like_selected_on_val_reported_on_test(s
     cfg, run, m = study_run
     df = pd.read_csv(run.path / "curves" / "heldout.csv")
     assert {"val_mean", "test_mean", "lr", "selected"} <= set(df.columns)
-    for start in ("single", "mtl", "mtml"):
+    for start in STARTS:
         mine = df[df["run"] == start]
         assert sorted(mine["lr"].unique()) == sorted(cfg.finetune_lrs)  # the same grid from every start ...
         assert all(sorted(g["step"]) == [0, 2, 4] for _, g in mine.groupby("lr"))  # ... and the same budget
@@ -306,6 +317,82 @@ def test_heldout_task_is_learnt_like_for_like_selected_on_val_reported_on_test(s
     assert m["mtml_reaches_target_in_half"] == int(s is not None and s <= cfg.finetune_steps / 2)
 
 
+def test_every_method_chooses_its_rate_from_the_same_grid_on_validation(study_run):
+    """single (per task, its metric), MTL, MTML and MTML at equal compute (validation Δm against the single-task
+    models) each train at every rate of lrs and keep the best validation value; curves/selection.csv has them."""
+    cfg, run, m = study_run
+    sel = pd.read_csv(run.path / "curves" / "selection.csv")
+    for row in [f"single_{t}" for t in cfg.train_tasks] + ["mtl", "mtml", "mtml_compute"]:
+        mine = sel[sel["run"] == row]
+        assert sorted(mine["lr"]) == sorted(cfg.lrs) and mine["selected"].sum() == 1, row
+        task = row.removeprefix("single_")
+        lower = row.startswith("single_") and mtml.primary(task)[1]
+        assert (mine["criterion"] == ("val_delta_m" if not row.startswith("single_") else
+                                      f"val_{mtml.primary(task)[0]}")).all()
+        best = mine["value"].idxmin() if lower else mine["value"].idxmax()
+        assert mine.loc[best, "selected"] == 1 and m[f"{row}_lr"] == mine.loc[best, "lr"], row
+
+
+def test_both_budgets_side_by_side_with_image_passes_counted(study_run):
+    """Equal optimiser steps (mtl vs mtml) and equal compute (mtl vs mtml_compute): forward+backward image passes
+    counted in the loops; MTML's compute is 4 subsets x 2 passes per step, so the compute-matched MTML has MTL's."""
+    cfg, _, m = study_run
+    assert m["mtl_image_passes"] == cfg.steps * cfg.batch_size == 16
+    assert m["mtml_image_passes"] == cfg.meta_steps * 4 * (cfg.inner_steps + 1) * cfg.batch_size == 32
+    assert m["mtml_compute_image_passes"] == m["mtl_image_passes"] and m["mtml_compute_optimizer_steps"] == 1
+    assert m["single_image_passes"] == len(cfg.train_tasks) * cfg.steps * cfg.batch_size
+    assert m["mtml_compute_delta_m"] != m["mtml_delta_m"]  # a different model, scored on its own
+
+
+def test_the_equal_compute_model_is_the_run_stopped_there(tiny_data, tmp_path):
+    """The snapshot MTML keeps at step k has the weights of the same run trained for k steps only."""
+    cfg = Config.from_values({**TINY, "meta_steps": 2})
+    train = mtml.load_splits(cfg, tiny_data).train
+
+    def meta(meta_steps, snapshots, folder):
+        c = Config.from_values({**TINY, "meta_steps": meta_steps})
+        model = mtml.fresh_model(c, ["seg", "depth"], 40, 5, torch.device("cpu"))
+        return mtml.meta_train(c, RunDir(folder), "m", model, ["seg", "depth"], train, device=torch.device("cpu"),
+                               seed=3, progress=False, lr=0.01, snapshots=snapshots)
+
+    full, info = meta(2, [1], tmp_path / "a")
+    short, short_info = meta(1, [], tmp_path / "b")
+    snap = info["snapshots"][1]
+    assert snap["image_passes"] == short_info["image_passes"] == info["image_passes"] // 2
+    for k, v in short.state_dict().items():
+        assert torch.equal(snap["model"][k], v), k
+    assert not all(torch.equal(snap["model"][k], v) for k, v in full.state_dict().items())
+
+
+def test_recalibrated_statistics_are_the_training_images_batch_averages_and_leave_the_model_alone():
+    bn = torch.nn.BatchNorm2d(3)
+    model = torch.nn.Sequential(bn)
+    bn.running_mean.fill_(100.0)
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.rand(4, 3, 5, 5, generator=gen) * (i + 1) for i in range(3)]
+    out = mtml.recalibrated(model, batches, torch.device("cpu"))
+    means = torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0)
+    variances = torch.stack([b.transpose(0, 1).reshape(3, -1).var(1, unbiased=True) for b in batches]).mean(0)
+    assert torch.allclose(out[0].running_mean, means, atol=1e-6)
+    assert torch.allclose(out[0].running_var, variances, atol=1e-6)
+    assert (bn.running_mean == 100.0).all() and bn.momentum == 0.1 and model.training  # untouched
+    assert mtml.recalibrated(model, [], torch.device("cpu")) is model  # bn_images 0: the running statistics
+
+
+def test_rows_are_scored_with_statistics_of_the_weights_scored(study_run, tiny):
+    """MTML's running statistics track the adapted networks of its query passes; its "as trained" row is scored
+    with statistics re-estimated for its own weights, on the run's fixed training images, and that differs."""
+    cfg, run, m = study_run
+    s = mtml.load_splits(cfg, tiny)
+    model, _, _ = mtml.load_trained(run.path / "checkpoints" / f"mtml_lr{m['mtml_lr']:g}.pt", torch.device("cpu"))
+    kw = dict(device=torch.device("cpu"), batch_size=16, num_classes=s.num_classes)
+    batches = mtml.bn_batches(s.train, cfg.bn_images, 16)
+    scored = mtml.evaluate(mtml.recalibrated(model, batches, torch.device("cpu")), s.test, ["depth"], **kw)
+    assert scored["depth"]["rmse"] == pytest.approx(m["mtml_depth_rmse"])
+    as_stored = mtml.evaluate(model, s.test, ["depth"], **kw)
+    assert as_stored["depth"]["rmse"] != pytest.approx(m["mtml_depth_rmse"])
+
+
 def test_viz_reads_the_run_folder(study_run):
     from nbmodule.viz import mtml as viz
 
@@ -318,17 +405,47 @@ def test_viz_reads_the_run_folder(study_run):
     anchors, why = viz.anchors_table(run.path)
     assert anchors is None and "synthetic True" in why  # no published number beside synthetic scenes
     assert viz.budget_table(m).loc["mtml", "optimiser steps"] == m["mtml_optimizer_steps"]
+    assert viz.budget_table(m).loc["mtml_compute", "image passes (fwd+bwd)"] == m["mtml_compute_image_passes"]
     assert viz.read_heldout(run.path)[0]["selected"].eq(1).all()
 
 
 def test_mode_test_scores_a_trained_model_from_its_checkpoint(study_run, tiny, tmp_path):
     cfg, run, m = study_run
-    test_cfg = Config.from_values({**TINY, "mode": "test", "init_model": str(run.path / "checkpoints" / "mtml.pt")})
+    model_file = run.path / "checkpoints" / f"mtml_lr{m['mtml_lr']:g}.pt"
+    test_cfg = Config.from_values({**TINY, "mode": "test", "init_model": str(model_file)})
     out = execute("mtml", test_cfg, RunDir(tmp_path, "t"), RunContext.create(**CPU))
     for task in cfg.train_tasks:
         for key, value in out.items():
             if key.startswith(f"test_{task}_"):
                 assert value == pytest.approx(m["mtml_" + key[len("test_"):]]), key
+
+
+def test_seeds_are_summarised_with_students_t_and_only_seeds_may_differ(tmp_path):
+    def folder(name, seed, metrics, **config):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"config": {"seed": seed, "steps": 8, **config}}))
+        (path / "metrics.json").write_text(json.dumps(metrics))
+        return path
+
+    a = folder("a", 0, {"mtml_delta_m": 10.0, "mtml_steps_to_target": 20, "note": "x"})
+    b = folder("b", 1, {"mtml_delta_m": 14.0, "mtml_steps_to_target": None, "note": "y"})
+    c = folder("c", 2, {"mtml_delta_m": 12.0, "mtml_steps_to_target": 40, "note": "z"})
+    out = mtml.summarize_seeds([a, b, c], out=tmp_path / "summary.json")
+    # values 10, 14, 12: mean 12, sample std 2, t(0.975, 2) = 4.3027 -> half-width 4.3027 x 2 / sqrt(3)
+    assert out["mtml_delta_m"] == 12.0 and out["mtml_delta_m_ci95"] == pytest.approx(4.302653 * 2 / math.sqrt(3))
+    assert out["mtml_steps_to_target"] == 30.0 and out["mtml_steps_to_target_n"] == 2  # a null is left out, counted
+    assert out["seeds"] == [0, 1, 2] and "note" not in out
+    assert json.loads((tmp_path / "summary.json").read_text()) == out
+    from nbmodule.viz.mtml import seeds_table
+
+    table = seeds_table(out)
+    assert table.loc["mtml", "delta_m"] == f"12.00 ± {4.302653 * 2 / math.sqrt(3):.2f}"
+    assert table.loc["mtml", "steps_to_target"].endswith("(2 of 3)")
+    with pytest.raises(ValueError, match=r"differ in \['steps'\]"):
+        mtml.summarize_seeds([a, folder("d", 3, {}, steps=9)])
+    with pytest.raises(ValueError, match="repeat a seed"):
+        mtml.summarize_seeds([a, folder("e", 0, {})])
 
 
 # --- run-folder safety (issue 13) ---------------------------------------------------------------------------
@@ -352,7 +469,8 @@ def test_changed_settings_on_a_run_folder_are_refused_naming_the_field(tiny, tmp
 
 def test_meta_test_learns_the_held_out_task_from_a_trained_model(tiny, tmp_path):
     ctx = RunContext.create(**CPU)
-    execute("mtml", Config.from_values({**TINY, "mode": "meta-train"}), RunDir(tmp_path, "meta"), ctx)
+    one_rate = Config.from_values({**TINY, "mode": "meta-train", "lrs": [0.001]})  # one model in the folder
+    execute("mtml", one_rate, RunDir(tmp_path, "meta"), ctx)
     m = execute("mtml", Config.from_values({**TINY, "mode": "meta-test", "init_model": str(tmp_path / "meta")}),
                 RunDir(tmp_path, "mt"), ctx)  # a run folder with one model names it
     assert math.isfinite(m["meta_test_normals_mean"]) and m["meta_test_finetune_lr"] in TINY["finetune_lrs"]

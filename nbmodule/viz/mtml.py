@@ -20,8 +20,8 @@ from ..runs import RunDir, read_metrics
 from .plots import FigureSpec, new_figure, num as _num, run_palette, when_present
 from .rundata import lower_is_better
 
-__all__ = ["ROWS", "TASKS", "STARTS", "ANCHORS", "split_key", "mtml_table", "budget_table", "anchors_table",
-           "read_heldout", "plot_mtml_table", "plot_mtml_heldout", "plot_train_curves", "plot_edges_pr",
+__all__ = ["ROWS", "TASKS", "STARTS", "ANCHORS", "split_key", "mtml_table", "budget_table", "seeds_table",
+           "anchors_table", "read_heldout", "plot_mtml_table", "plot_mtml_heldout", "plot_train_curves", "plot_edges_pr",
            "plot_examples", "FIGURES"]
 
 TASKS = tuple(DENSE_METRICS)
@@ -114,6 +114,33 @@ def budget_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     data = {row: {label: metrics.get(f"{row}_{key}") for key, label in cols.items()}
             for row in ("single", "mtl", "mtml", "mtml_compute") if any(f"{row}_{key}" in metrics for key in cols)}
     return pd.DataFrame.from_dict(data, orient="index")
+
+
+def seeds_table(summary: Mapping[str, Any], digits: int = 2) -> pd.DataFrame:
+    """The rows of :func:`mtml_table` as "mean ± half-width" strings from a seeds summary
+    (:func:`nbmodule.engines.mtml.summarize_seeds`: 95% intervals, Student's t), for the primary metric of each
+    task (:data:`nbmodule.metrics.DELTA_M_METRICS`), Δm, Δp and steps to target; "(n of N)" marks a value
+    that only some seeds have (a target not reached)."""
+    from ..metrics import DELTA_M_METRICS
+
+    n_seeds = summary.get("n_seeds")
+    cols = [f"{t}_{m}" for t, m in DELTA_M_METRICS.items()] + ["delta_m", "delta_p", "steps_to_target"]
+    data: dict[str, dict[str, str]] = {}
+    for row in ROWS:
+        cells = {}
+        for col in cols:
+            key = f"{row}_{col}"
+            if key not in summary:
+                continue
+            mean, half, n = summary[key], summary.get(f"{key}_ci95"), summary.get(f"{key}_n")
+            text = "–" if mean is None else f"{mean:.{digits}f}" + ("" if half is None else f" ± {half:.{digits}f}")
+            if n is not None and n_seeds is not None and n < n_seeds:
+                text += f" ({n} of {n_seeds})"
+            cells[col] = text
+        if cells:
+            data[row] = cells
+    df = pd.DataFrame.from_dict(data, orient="index")
+    return df[[c for c in cols if c in df.columns]]
 
 
 def _config(run: str | Path) -> dict[str, Any]:

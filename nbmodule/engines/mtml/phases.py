@@ -26,7 +26,7 @@ from ...config import ConfigError
 from ...meta import adapt
 from ...models import build_model
 from ...progress import progress_bar
-from ...runs import RunDir
+from ...runs import RunDir, check_finite, verify_archive
 from .config import MtmlConfig
 from .data import BatchStream, Splits
 from .evaluate import autocast, curve_metric, evaluate, recalibrated, task_loss
@@ -144,6 +144,7 @@ def train_dense(cfg: MtmlConfig, run: RunDir, phase: str, model: nn.Module, task
             loss = (losses / (2 * log_vars.exp()) + log_vars / 2).sum()
         else:
             loss = losses.sum()
+        check_finite(loss, step=step, what=f"the {phase} loss", run_dir=run)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -284,6 +285,7 @@ def meta_train(cfg: MtmlConfig, run: RunDir, phase: str, model: nn.Module, tasks
                                  first_order=cfg.first_order) / len(subsets)
             qloss.backward()  # the meta-gradient of this episode, accumulated into the initial weights
             total += float(qloss.detach())
+            check_finite(total, step=step, what=f"the {phase} meta-loss", run_dir=run)
             st["image_passes"] += cfg.inner_steps * int(xs["image"].shape[0]) + int(xq["image"].shape[0])
         opt.step()
         if step in wanted:
@@ -359,8 +361,9 @@ def load_trained(path: str | Path, device: torch.device) -> tuple[nn.Module, dic
         path = found[0]
     if not path.is_file():
         raise ConfigError(f"init_model {str(path)!r}: no such file; a trained model is "
-                          "<run folder>/checkpoints/<phase>.pt of an mtml run (e.g. checkpoints/mtml.pt)")
+                          "<run folder>/checkpoints/<phase>.pt of an mtml run (e.g. checkpoints/mtml_lr0.001.pt)")
     try:
+        verify_archive(path)  # damaged bytes are refused, not loaded (torch.load does not check the CRCs)
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # weights_only refuses every global that is not a tensor or a plain value
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
