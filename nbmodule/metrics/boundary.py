@@ -332,7 +332,8 @@ class BoundaryMeter:
         at = c[np.arange(len(c)), f_img.argmax(1)].sum(0)  # each image's best threshold, pooled
         r_ois, p_ois = at[0] / max(eps, at[2]), at[0] / max(eps, at[1])
         ois = 2 * p_ois * r_ois / max(eps, p_ois + r_ois)
-        out = {"ods_f": float(fi[best]), "ois_f": float(ois), "ap": bsds_ap(recall, precision), "ods_threshold": float(ti[best]),
+        out = {"ods_f": float(fi[best]), "ois_f": float(ois), "ap": bsds_ap(recall, precision),
+               "ods_threshold": float(ti[best]),
                "ods_precision": float(pi[best]), "ods_recall": float(ri[best])}
         for k in ("ods_f", "ois_f", "ap", "ods_precision", "ods_recall"):
             check_range(f"boundary {k}", out[k], 0.0, 1.0)
