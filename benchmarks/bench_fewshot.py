@@ -313,13 +313,25 @@ def run(quick: bool = False) -> BenchResults:
     if device.type == "cpu":  # process-wide: once, before anything is timed, so it holds for every contender
         retain_freed_memory()
     repeats, warmup = (1, 1) if quick else (5, 1)
+    # NBM_BENCH_FEWSHOT_SETTINGS=omniglot: only Omniglot (second and first order), no MiniImagenet figure and no
+    # memory figure (a partial run when the machine is too busy for the full one; the note says what was left out)
+    settings = [k for k in os.environ.get("NBM_BENCH_FEWSHOT_SETTINGS", ",".join(SETTINGS)).split(",") if k]
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"NBM_BENCH_FEWSHOT_SETTINGS: unknown setting(s) {unknown}; use some of {list(SETTINGS)}")
     for threads in ((1,) if quick else THREADS):
         with torch_threads(threads):
-            for key, setting in SETTINGS.items():
-                compare(key, setting, device, res, repeats=repeats, warmup=warmup, quick=quick, threads=threads)
-            first_order(res, device, repeats=repeats, warmup=warmup, quick=quick, threads=threads)
-    if not quick:
+            for key in settings:
+                compare(key, SETTINGS[key], device, res, repeats=repeats, warmup=warmup, quick=quick,
+                        threads=threads)
+            if "omniglot" in settings:
+                first_order(res, device, repeats=repeats, warmup=warmup, quick=quick, threads=threads)
+    if not quick and "mini" in settings:
         memory(res, device)
+    left = [k for k in SETTINGS if k not in settings]
+    if left:
+        res.notes["fewshot_partial"] = (f"partial run: {', '.join(left)} not measured (and, without mini, no memory "
+                                        "figure); NBM_BENCH_FEWSHOT_SETTINGS=" + ",".join(settings))
     return res
 
 

@@ -77,7 +77,7 @@ from ..meta import choose_strategy as measure_strategy
 from ..metrics import mean_confidence_interval
 from ..models import build_model
 from ..progress import progress_bar
-from ..runs import RunContext, RunDir, atomic_write_bytes
+from ..runs import RunContext, RunDir, atomic_write_bytes, check_finite
 
 __all__ = ["NAME", "Config", "FewShotConfig", "FewShotData", "TrainResult", "STRATEGIES", "setting_name",
            "obtain_data", "load_splits", "check_splits", "lake_overlap", "build_fewshot_model",
@@ -98,7 +98,7 @@ class FewShotConfig(StudyConfig):
     RESUMABLE: ClassVar[frozenset[str]] = frozenset({"meta_iterations"})
     NEUTRAL: ClassVar[frozenset[str]] = frozenset({"checkpoint_every"})
 
-    seed: int = Field(ge=0)                                   # model initialisation, episode sampling
+    seed: int = Field(ge=0, lt=2**31)                         # model initialisation, episode sampling
     dataset: Literal["omniglot", "miniimagenet"]
     data_source: Literal["auto", "real", "synthetic"]         # auto: real when it can be had, else synthetic
     scale: Literal["smoke", "cpu", "full"]                    # size of synthetic data (when it is used)
@@ -111,15 +111,15 @@ class FewShotConfig(StudyConfig):
     inner_lr: float = Field(gt=0)                             # inner step size alpha
     meta_lr: float = Field(gt=0)                              # Adam step size beta of the outer loop
     meta_batch_size: int = Field(ge=1, le=4096)               # tasks per meta-iteration
-    meta_iterations: int = Field(ge=1)                        # outer steps (may grow on resume)
+    meta_iterations: int = Field(ge=1, le=100_000_000)        # outer steps (may grow on resume)
     first_order: bool                                         # first-order MAML (no second derivatives)
     hidden: int = Field(gt=0, le=1024)                        # Conv4 filters per layer
     downsample: Literal["maxpool", "stride"]                  # Conv4 blocks: max-pool, or stride-2 conv (MAML Omniglot)
-    eval_episodes: int = Field(ge=1)                          # test episodes behind the accuracy and its CI
-    val_episodes: int = Field(ge=1)                           # fixed validation episodes per validation
-    eval_every: int = Field(ge=1)                             # validation period (meta-iterations)
-    log_every: int = Field(ge=1)                              # training-curve period (meta-iterations)
-    checkpoint_every: int = Field(ge=1)                       # checkpoint period (meta-iterations)
+    eval_episodes: int = Field(ge=1, le=1_000_000)            # test episodes behind the accuracy and its CI
+    val_episodes: int = Field(ge=1, le=1_000_000)             # fixed validation episodes per validation
+    eval_every: int = Field(ge=1, le=100_000_000)             # validation period (meta-iterations)
+    log_every: int = Field(ge=1, le=100_000_000)              # training-curve period (meta-iterations)
+    checkpoint_every: int = Field(ge=1, le=100_000_000)       # checkpoint period (meta-iterations)
     strategy: Literal["auto", "loop", "vmap", "batched"]      # how the tasks of a meta-batch run
     lake_eval: bool                                           # score Lake et al.'s 20 one-shot runs (Omniglot)
 
@@ -422,7 +422,8 @@ class TrainResult:
 
 def _eval_strategy(cfg: FewShotConfig, device: torch.device) -> str:
     # evaluation is first order (no meta-gradient): for Omniglot on a CPU the batched path measured 0.270 s per
-    # meta-batch against the loop's 0.431 s (benchmarks/bench_fewshot.py, fewshot_omniglot_*_fo_s_per_iter);
+    # meta-batch against the loop's 0.431 s at 2 threads (benchmarks/bench_fewshot.py, 2026-11-29; the keys are now
+    # fewshot_omniglot_fo_{1,2}t_*_s_per_iter; at 1 thread on a busy machine, 2026-12-03: 3.60 s against 5.64 s);
     # MiniImagenet's first-order evaluation is not benchmarked on a CPU, so it keeps the loop there
     if cfg.strategy != "auto":
         return cfg.strategy
@@ -517,6 +518,7 @@ def train(cfg: FewShotConfig, data: FewShotData | dict[str, FewShotSplit], run: 
                                           inner_lr=cfg.inner_lr, first_order=cfg.first_order, strategy=choice,
                                           report=ran)
             record_strategy()  # rewritten only when what ran changes (the first iteration; a fallback)
+            check_finite(loss, step=step, what=f"the meta-loss ({name})", run_dir=run)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
