@@ -112,18 +112,6 @@ def check_peers(model, tasks, steps: int, lr: float, names, first_order: bool = 
             raise AssertionError(f"{name}'s meta-gradient differs from the engine's by {err:.2e} (scale {scale:.2e})")
 
 
-def load_record(res: BenchResults, prefix: str, before: float, threads: int) -> str:
-    """``{prefix}_load_before``/``_load_after``/``_busy`` and the words for the note."""
-    after = os.getloadavg()[0]
-    busy = max(before, after) > threads + 0.5
-    res[f"{prefix}_load_before"], res[f"{prefix}_load_after"], res[f"{prefix}_busy"] = before, after, int(busy)
-    text = f"1-minute load average {before:.2f} before, {after:.2f} after"
-    if busy:
-        text += (f" (BUSY MACHINE: above this benchmark's own {threads} thread(s) + 0.5; other work was running, "
-                 "which slows per-task loops more than batched GEMMs, so these ratios are likely inflated)")
-    return text
-
-
 def compare(key: str, setting: tuple, device, res: BenchResults, *, repeats: int, warmup: int, quick: bool,
             threads: int) -> None:
     shape, hidden, n_way, k_shot, k_query, T, steps, lr = setting
@@ -180,7 +168,7 @@ def compare(key: str, setting: tuple, device, res: BenchResults, *, repeats: int
     if fastest:
         res.ratio(f"maml_conv4_{tk}_speedup_vs_fastest_peer", f"maml_conv4_{tk}_{fastest}_s_per_iter",
                   f"fewshot_{tk}_auto_s_per_iter")
-    load = load_record(res, f"fewshot_{tk}", load_before, threads)
+    load = res.record_load(f"fewshot_{tk}", load_before, threads)
     res.notes[f"fewshot_{tk}"] = (
         f"Conv4 {shape[1]}x{shape[2]}x{shape[0]}, {hidden} filters, {n_way}-way {k_shot}-shot, {k_query} queries per "
         f"class, meta-batch {T}, {steps} inner steps of {lr}, second order; {device}, {threads} thread(s); random "
@@ -231,7 +219,7 @@ def first_order(res: BenchResults, device, *, repeats: int, warmup: int, quick: 
     if fastest:
         res.ratio(f"maml_conv4_{tk}_speedup_vs_fastest_peer", f"maml_conv4_{tk}_{fastest}_s_per_iter",
                   f"fewshot_{tk}_{best}_s_per_iter")
-    load = load_record(res, f"fewshot_{tk}", load_before, threads)
+    load = res.record_load(f"fewshot_{tk}", load_before, threads)
     res.notes[f"fewshot_{tk}"] = (
         f"Conv4 Omniglot 5-way 1-shot as fewshot_omniglot, first order; {device}, {threads} thread(s); "
         f"{repeats} interleaved rounds after {warmup} warm-up, medians; glibc retains freed memory for every "

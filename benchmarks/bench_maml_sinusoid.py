@@ -96,12 +96,7 @@ def figure(res: BenchResults, model, tasks, device, *, threads: int, repeats: in
     fastest = min(names, key=lambda n: times[n]) if names else None
     if fastest:
         res.ratio(f"{tk}_speedup_vs_fastest_peer", f"{tk}_{fastest}_s_per_iter", f"{tk}_engine_s_per_iter")
-    after = os.getloadavg()[0]
-    busy = max(load_before, after) > threads + 0.5
-    res[f"{tk}_load_before"], res[f"{tk}_load_after"], res[f"{tk}_busy"] = load_before, after, int(busy)
-    load = f"1-minute load average {load_before:.2f} before, {after:.2f} after" + (
-        f" (BUSY MACHINE: above this benchmark's own {threads} thread(s) + 0.5; other work was running, which "
-        "slows per-task loops more than batched code, so these ratios are likely inflated)" if busy else "")
+    load = res.record_load(tk, load_before, threads)
     res.notes[tk] = (f"{SETTING}; meta-batch {tasks[0].shape[0]}; {device}, {threads} thread(s); {repeats} "
                      f"interleaved rounds after {warmup} warm-up, medians; glibc retains freed memory for every "
                      f"contender; engine = auto's pick: {choice.name}; fastest peer: {fastest}; peers left out: "

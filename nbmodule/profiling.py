@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from contextlib import contextmanager
@@ -117,6 +118,18 @@ class BenchResults(dict):
         self[key] = self[numerator] / self[denominator]
         self.ratios[key] = (numerator, denominator)
         return self[key]
+
+    def record_load(self, prefix: str, before: float, threads: int) -> str:
+        """``{prefix}_load_before``/``_load_after``/``_busy`` (1-minute load averages; busy when either exceeds
+        the benchmark's own ``threads`` + 0.5) and the words for its note."""
+        after = os.getloadavg()[0]
+        busy = max(before, after) > threads + 0.5
+        self[f"{prefix}_load_before"], self[f"{prefix}_load_after"], self[f"{prefix}_busy"] = before, after, int(busy)
+        text = f"1-minute load average {before:.2f} before, {after:.2f} after"
+        if busy:
+            text += (f" (BUSY MACHINE: above this benchmark's own {threads} thread(s) + 0.5; other work was running, "
+                     "which slows per-task loops more than batched code, so these ratios are likely inflated)")
+        return text
 
 
 def measure_latency(model: nn.Module, input_shape: Sequence[int] = (1, 3, 512, 512), device: str | torch.device = "cpu",

@@ -152,17 +152,22 @@ def _limit(*values: tuple[float, float], limit: float = math.nan) -> str:
     return f"**undecided**: worst mean {fmt(worst[0], 1)}%, its 95% interval spans the limit"
 
 
+def _seeded_section(folder: Path) -> tuple[dict, list[str], dict, int]:
+    """A study trained in steps over seed folders: its config, header lines, seed metrics and the most seeds
+    behind any metric (0 without metrics)."""
+    cfg = _config(folder)
+    lines = _header(folder, run_progress(folder), "steps", "synthetic data" if cfg.get("synthetic") else "")
+    m = seed_metrics(folder)
+    return cfg, lines, m, max((v[2] for v in m.values()), default=0)
+
+
 # --- 02 ------------------------------------------------------------------------------------------------------
 def render_replay(folder: Path) -> str:
     from ..engines.replay.protocol import FORGETTING_LIMIT_PCT
 
-    progress = run_progress(folder)
-    cfg = _config(folder)
-    lines = _header(folder, progress, "steps", "synthetic data" if cfg.get("synthetic") else "")
-    m = seed_metrics(folder)
+    cfg, lines, m, n = _seeded_section(folder)
     if not m:
         return "\n".join(lines).rstrip() + "\n"
-    n = max(v[2] for v in m.values())
     lines.append(f"After the last stage (segmentation -> detection -> classification), mean ± 95% CI over {n} "
                  f"seed{'s' if n != 1 else ''} (Student's t); forgetting = relative drop of a task's metric from the "
                  "end of its own stage to the end of training (negative: it improved).")
@@ -211,13 +216,9 @@ def _claim(ours: tuple[float, float], other: tuple[float, float], lower: bool, n
 def render_mtml(folder: Path) -> str:
     from ..metrics import DELTA_M_METRICS, DENSE_METRICS
 
-    progress = run_progress(folder)
-    cfg = _config(folder)
-    lines = _header(folder, progress, "steps", "synthetic data" if cfg.get("synthetic") else "")
-    m = seed_metrics(folder)
+    cfg, lines, m, n = _seeded_section(folder)
     if not m:
         return "\n".join(lines).rstrip() + "\n"
-    n = max(v[2] for v in m.values())
     held = cfg.get("held_out", "normals")
     metric = DELTA_M_METRICS[held]  # the metric a task is judged by on its own (engines.mtml.evaluate.primary)
     lower = DENSE_METRICS[held][metric]
