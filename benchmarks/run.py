@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from nbmodule.env import keep_freed_memory  # noqa: E402
 from nbmodule.profiling import BenchResults, global_state, restore_global_state  # noqa: E402
 
 
@@ -91,6 +92,7 @@ def _worker(path: str, out: str, quick: bool) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("NBM_BENCH_THREADS", "2")))
+    keep_freed_memory()  # as every study run does (nbmodule.studies): the allocator the figures describe
     res = run_module(Path(path), quick)
     Path(out).write_text(json.dumps({"results": dict(res), "ratios": res.ratios, "notes": res.notes,
                                      "leaked": res.leaked}))
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         notes.update(results.notes)
         print(f"   {len(results)} results in {time.perf_counter() - start:.1f} s", flush=True)
     merged["_machine"] = f"{platform.machine()} {os.cpu_count()} cpus, torch threads {threads}, " + (
-        torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU") + (
+        ", glibc keeps freed blocks (nbmodule.env.keep_freed_memory)" if keep_freed_memory() else "")
     merged["_load"] = f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     merged["_updated"] = time.strftime("%Y-%m-%d")
     merged["_notes"] = notes

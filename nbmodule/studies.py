@@ -162,7 +162,7 @@ def execute(study: Study | str, cfg: StudyConfig, run_dir: RunDir | str | Path, 
 
 def _execute_locked(study: Study, cfg: StudyConfig, run: RunDir, ctx: RunContext, figures: bool = True
                     ) -> dict[str, Any]:
-    from .env import seed_everything, set_threads
+    from .env import keep_freed_memory, seed_everything, set_threads
 
     if ctx.restart:
         run.clear()
@@ -185,6 +185,7 @@ def _execute_locked(study: Study, cfg: StudyConfig, run: RunDir, ctx: RunContext
     run.save_config(cfg, study=study.name, device=device, status="running")
     threads_before = set_threads(None)
     set_threads(ctx.threads or None)
+    keep_freed_memory()  # large tensors reused instead of page-faulted anew (see nbmodule.env)
     try:
         seed_everything(int(getattr(cfg, "seed", 0)))
         metrics = study.engine.run(cfg, run, ctx)

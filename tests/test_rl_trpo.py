@@ -21,6 +21,19 @@ def test_conjugate_gradient_solves_an_spd_system():
     assert torch.allclose(a @ x, b, atol=1e-8)
 
 
+def test_conjugate_gradient_returns_the_product_of_its_solution_after_few_iterations():
+    """``x^T A x`` (TRPO's step scale) from the accumulated products equals one more product, also when CG
+    stops before convergence (3 of 12 iterations), where ``A x != b``."""
+    g = torch.Generator().manual_seed(1)
+    m = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    a = m @ m.T + 1e-3 * torch.eye(12, dtype=torch.float64)
+    b = torch.randn(12, generator=g, dtype=torch.float64)
+    x, ax = conjugate_gradient(lambda v: a @ v, b, iters=3, with_product=True)
+    assert not torch.allclose(ax, b, atol=1e-3)
+    torch.testing.assert_close(ax, a @ x, rtol=1e-12, atol=1e-12)
+    assert torch.equal(x, conjugate_gradient(lambda v: a @ v, b, iters=3))
+
+
 def _meta_batch(dtype=torch.float32, hidden=(16, 16), tasks=3, traj=4, horizon=12, seed=0):
     torch.manual_seed(seed)
     pol = GaussianMLPPolicy(2, 2, hidden=hidden).to(dtype)

@@ -69,7 +69,13 @@ def _back(g: Tensor, w: Tensor, out: Tensor | None = None) -> Tensor:
 
 
 def _weight_grad(gz: Tensor, x: Tensor, per_task: bool) -> Tensor:
-    """``sum_m gz[t, m]^T x[t, m]``: ``(T, out, in)`` per task, or ``(out, in)`` summed over tasks."""
+    """``sum_m gz[t, m]^T x[t, m]``: ``(T, out, in)`` per task, or ``(out, in)`` summed over tasks.
+
+    With a narrow input (the first layer's observations) the product runs as ``(x^T gz)^T``: BLAS is 2-3x
+    faster with the 3 columns as the output's rows than as its columns (measured 2.9 vs 7.9 ms at 20 x 2000 x
+    100 x 3, one thread)."""
+    if x.shape[-1] < gz.shape[-1]:
+        return _weight_grad(x, gz, per_task).transpose(-1, -2)
     if per_task:
         return torch.bmm(gz.transpose(1, 2), x)
     return gz.reshape(-1, gz.shape[-1]).T @ x.reshape(-1, x.shape[-1])
