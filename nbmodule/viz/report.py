@@ -328,7 +328,13 @@ def render_fewshot(folder: Path) -> str:
     if n == 1:  # one run: its interval over Lake et al.'s 20 runs
         lake = (lake[0], _m(m, "omniglot_lake20_error_ci95")[0])
     if math.isfinite(lake[0]):
-        rows.append(["error on Lake et al.'s 20 one-shot runs (%, 20-way)", pm(*lake, 1)])
+        rows.append(["error on Lake et al.'s 20 one-shot runs (%, 20-way; each test item on its own)", pm(*lake, 1)])
+    lake_t = _m(m, "omniglot_lake20_error_transductive")
+    if n == 1:
+        lake_t = (lake_t[0], _m(m, "omniglot_lake20_error_transductive_ci95")[0])
+    if math.isfinite(lake_t[0]):  # not comparable with people's error: the items share batch statistics
+        rows.append(["... the run's 20 test items as one batch (transductive batch norm; not comparable with "
+                     "Lake et al.'s)", pm(*lake_t, 1)])
     if progress.status != "complete":
         for run in seed_folders(folder):
             val = read_curves(run, ["fewshot_val"]).get("fewshot_val")
