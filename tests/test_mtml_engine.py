@@ -192,7 +192,8 @@ def test_meta_step_is_functional_and_reaches_encoder_and_heads(tiny_data, tmp_pa
 
 
 def test_an_interrupted_phase_resumes_to_the_same_numbers(tiny_data, tmp_path, monkeypatch):
-    cfg = Config.from_values({**TINY, "steps": 4, "checkpoint_every": 2, "amp": True})  # bfloat16 on the CPU
+    monkeypatch.setenv("NBM_CPU_AMP", "1")  # bfloat16 on the CPU, native or not
+    cfg = Config.from_values({**TINY, "steps": 4, "checkpoint_every": 2, "amp": True})
     s = mtml.load_splits(cfg, tiny_data)
     curve = mtml.phases.Curve("depth", s.val, s.test, s.num_classes)
 
@@ -216,6 +217,7 @@ def test_an_interrupted_phase_resumes_to_the_same_numbers(tiny_data, tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / "b")
     monkeypatch.undo()
+    monkeypatch.setenv("NBM_CPU_AMP", "1")  # undo() dropped it too: the resumed run must be in bfloat16 as well
     assert torch.load(tmp_path / "b" / "checkpoints" / "p.pt", weights_only=True)["step"] == 2
     b = train(tmp_path / "b")
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):

@@ -67,9 +67,12 @@ def task_loss(task: str, out: torch.Tensor, batch: Mapping[str, torch.Tensor]) -
 
 
 def autocast(device: torch.device, enabled: bool):
-    """Mixed precision where asked: float16 on CUDA (with a GradScaler), bfloat16 on CPU (no scaler needed),
-    so the AMP code path also runs, and is tested, on a CPU."""
-    if not enabled:
+    """Mixed precision where asked: float16 on CUDA (with a GradScaler), bfloat16 on CPU (no scaler needed)
+    where the CPU computes it natively or ``NBM_CPU_AMP=1`` (:func:`nbmodule.env.cpu_bfloat16`; the tests
+    force it, so the AMP code path also runs, and is tested, on any CPU); float32 otherwise."""
+    from ...env import cpu_bfloat16
+
+    if not enabled or (device.type == "cpu" and not cpu_bfloat16()[0]):
         return nullcontext()
     return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
 

@@ -299,6 +299,10 @@ def run(cfg: MtmlConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, Any]:
     splits = load_splits(cfg, got.path)
     st = _Study(cfg, run_dir, ctx, splits)
     st.metrics["synthetic"] = int(got.synthetic)
+    if cfg.amp and torch.device(ctx.device).type == "cpu":
+        from ...env import cpu_bfloat16
+
+        print(f"[mtml] amp: {cpu_bfloat16()[1]}")
     if cfg.mode == "study":
         st.singles()
         st.multi("mtl")

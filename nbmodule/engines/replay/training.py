@@ -22,11 +22,16 @@ __all__ = ["Precision", "task_loss", "lwf_loss", "batch_indices", "train_stage"]
 
 class Precision:
     """Mixed precision for one device: ``bfloat16`` autocast on CPU (no scaler needed: bfloat16 has float32's
-    range), ``float16`` autocast with a ``GradScaler`` on CUDA; disabled (and on other devices, e.g. MPS):
-    plain float32 everywhere."""
+    range) where the CPU has native bfloat16 or ``NBM_CPU_AMP=1`` (:func:`nbmodule.env.cpu_bfloat16`),
+    ``float16`` autocast with a ``GradScaler`` on CUDA; disabled (and on other devices, e.g. MPS): plain
+    float32 everywhere."""
 
     def __init__(self, enabled: bool, device: torch.device):
-        self.enabled = bool(enabled) and device.type in ("cuda", "cpu")
+        from ...env import cpu_bfloat16
+
+        self.asked = bool(enabled)
+        self.cpu_note = cpu_bfloat16()[1] if self.asked and device.type == "cpu" else ""
+        self.enabled = self.asked and (device.type == "cuda" or (device.type == "cpu" and cpu_bfloat16()[0]))
         self.device_type = device.type if self.enabled else "cpu"
         self.dtype = torch.float16 if self.device_type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.device_type == "cuda")
@@ -36,7 +41,7 @@ class Precision:
 
     def describe(self) -> str:
         if not self.enabled:
-            return "float32"
+            return self.cpu_note or "float32"
         return f"autocast {str(self.dtype).removeprefix('torch.')} on {self.device_type}" + (
             " with GradScaler" if self.scaler.is_enabled() else "")
 
