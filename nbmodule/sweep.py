@@ -366,6 +366,10 @@ def _output_to(fh: TextIO) -> Iterator[None]:
             os.close(fd)
 
 
+def _niceness() -> int | str:
+    return os.nice(0) if hasattr(os, "nice") else "n/a"
+
+
 def run_cell(study: str, config: Mapping[str, Any], folder: str | Path, *, threads: int = 1, device: str = "cpu",
              data: str = "") -> dict[str, Any]:
     """Run one cell (an ordinary study run, :func:`~nbmodule.studies.execute`) into ``folder`` with ``threads``
@@ -381,7 +385,7 @@ def run_cell(study: str, config: Mapping[str, Any], folder: str | Path, *, threa
     start = time.perf_counter()
     with open(log, "a", buffering=1) as fh, _output_to(fh):
         print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} cell {folder.name} of study {study}: host {info['host']}, "
-              f"pid {info['pid']}, {threads} torch threads, device {device}", flush=True)
+              f"pid {info['pid']}, {threads} torch threads, device {device}, nice {_niceness()}", flush=True)
         try:
             spec = get_study(study)
             cfg = spec.config_class.from_values(dict(config), source=f"sweep cell {folder.name}")
@@ -505,7 +509,7 @@ def _start_ray(ray: Any, *, workers: int | None, cpus: int, gpus: float, address
         for attempt in range(1, START_ATTEMPTS + 1):
             before = _children()
             try:
-                with _without_optional_grammar():
+                with _without_optional_grammar(), _workers_at_our_priority():
                     ray.init(**kwargs)
                 break
             except Exception as err:  # Ray's own start-up timeout (ray-project/ray#65983) on a busy machine
@@ -525,6 +529,27 @@ def _start_ray(ray: Any, *, workers: int | None, cpus: int, gpus: float, address
 # seconds of CPU importing (here: jsonschema's rfc3987 grammar, installed with Jupyter): a machine busy with
 # other work can miss that window, so a local start is tried again.
 START_ATTEMPTS = 3
+
+
+@contextlib.contextmanager
+def _workers_at_our_priority() -> Iterator[None]:
+    """Start a local Ray whose workers run at this process's priority.
+
+    Ray's raylet renices every worker by +15 (its ``worker_niceness``), which on a machine running anything else
+    starves the cells: a 2D-navigation cell of notebook 07 got 3% of a core beside two ordinary training runs
+    (46 s of CPU in 25 minutes, 2026-12-03). The raylet reads ``RAY_worker_niceness`` from the environment it
+    starts with, so it is set to 0 for the start (unless the user set it) and this process's environment is
+    restored at once. Cells then share the machine as ``python -m nbmodule run`` does; ``nice`` the sweep
+    command to lower them all."""
+    key = "RAY_worker_niceness"
+    before = os.environ.get(key)
+    if before is None:
+        os.environ[key] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
 
 
 @contextlib.contextmanager

@@ -178,6 +178,8 @@ def test_sweep_on_two_ray_workers_equals_the_sequential_run(tmp_path, ray_cluste
     for cell in (root / "cells").iterdir():
         log = (cell / CELL_LOG).read_text()
         assert "1 torch threads" in log and "cell done" in log
+        # the cells run at the driver's priority, not Ray's default +15 (which starves them beside other jobs)
+        assert f"nice {os.nice(0)}" in log, log.splitlines()[0]
     capsys.readouterr()
     assert _sweep(tmp_path) == 0  # everything done: skipped, the aggregate kept
     assert "4 of 4 cells done (0 run now)" in capsys.readouterr().out
