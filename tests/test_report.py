@@ -152,3 +152,28 @@ def test_mtml_seeds_judge_the_claim_by_their_intervals(tmp_path):
     assert "| from the MTML model | 21.00 ± 2.48 | 20.0 ± 0.0 | 6.0 ± 2.5 | - |" in text
     assert "**supported**: MTML better than MTL by 10.00, intervals disjoint" in text
     assert "**not shown**: MTML at equal compute and MTL differ by 1.00, their 95% intervals overlap" in text
+
+
+def test_diverged_fine_tuning_is_named_and_the_verdict_uses_a_defined_measure(tmp_path):
+    """A null 10-step mean (fine-tuning diverged on some tasks) renders as '-', the runs and task counts are
+    named from parameter_space.csv, and the verdict falls back to the 1-step held-out MSE."""
+    folder = tmp_path / "results" / "04_maml_sampling_3d"
+    run = RunDir(folder)
+    cfg = {"family": "3d", "regimes": ["uniform", "weighted"], "seeds": [0, 1], "eval_steps": 10,
+           "meta_iterations": 100}
+    (run.path / "config.json").write_text(json.dumps({"config": cfg, "status": "complete"}))
+    metrics = {}
+    for r, base in (("uniform", 1.0), ("weighted", 2.0)):
+        for c in ("mse_1step", "mse_10step", "heldout_mse_1step", "heldout_mse_10step"):
+            metrics[f"{r}_{c}"], metrics[f"{r}_{c}_ci95"] = base, 0.1
+    metrics["uniform_heldout_mse_10step"] = metrics["uniform_heldout_mse_10step_ci95"] = None
+    run.write_metrics(metrics)
+    rows = ["run,seed,amplitude,phase,frequency,mse_1step,mse_10step,mse_0step"]
+    rows += [f"uniform,0,1.0,0.0,1.0,1.0,{v},1.0" for v in ("inf", "", "0.5")]
+    rows += [f"weighted,1,1.0,0.0,1.0,1.0,0.5,1.0" for _ in range(2)]
+    (folder / "parameter_space.csv").write_text("\n".join(rows) + "\n")
+    text = render_folder(folder)
+    assert "| `uniform` | 1.000 ± 0.100 | 1.000 ± 0.100 | 1.000 ± 0.100 | - |" in text
+    assert "`uniform` seed 0: 2 of 3 grid tasks" in text and "`weighted` seed" not in text
+    assert "held-out MSE after 1 step; 10 steps diverged on some tasks" in text
+    assert "above: `weighted`" in text

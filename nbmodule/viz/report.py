@@ -270,20 +270,32 @@ def render_maml_sampling(folder: Path) -> str:
                  "fine-tuning steps on the fixed test grid and on held-out tasks drawn uniformly; mean ± 95% CI over "
                  "seeds (Student's t). Lower is better.")
     lines.append("")
+    def num(key: str) -> float:  # a metric the study could not compute is null in metrics.json
+        v = m.get(key)
+        return math.nan if v is None else float(v)
+
     cols = ("mse_1step", f"mse_{k}step", "heldout_mse_1step", f"heldout_mse_{k}step")
     regimes = [r for r in REGIMES if f"{r}_mse_1step" in m]
-    rows = [[f"`{r}`"] + [pm(m.get(f"{r}_{c}", math.nan), m.get(f"{r}_{c}_ci95", math.nan), 3) for c in cols]
-            for r in regimes]
+    rows = [[f"`{r}`"] + [pm(num(f"{r}_{c}"), num(f"{r}_{c}_ci95"), 3) for c in cols] for r in regimes]
     lines.append(_table(("regime", "grid MSE, 1 step", f"grid MSE, {k} steps", "held-out MSE, 1 step",
                          f"held-out MSE, {k} steps"), rows))
     lines.append("")
+    diverged = _diverged_tasks(folder, k)
+    if diverged:
+        lines.append(f"Fine-tuning diverged (MSE not finite after {k} steps) on {diverged}: the mean over tasks is "
+                     "then undefined, and a regime's interval needs two seeds with finite means (the reasons are in "
+                     "`metric_notes.json`; each task's MSE in `parameter_space.csv`). '-' marks such a cell.")
+        lines.append("")
     key = f"heldout_mse_{k}step"
-    u, uc = m.get(f"uniform_{key}", math.nan), m.get(f"uniform_{key}_ci95", math.nan)
+    if not all(math.isfinite(num(f"{r}_{key}")) and math.isfinite(num(f"{r}_{key}_ci95")) for r in regimes):
+        key = "heldout_mse_1step"  # the verdict needs a value for every regime
+    steps_judged = key.split("_")[-1].removesuffix("step").removesuffix("s")
+    u, uc = num(f"uniform_{key}"), num(f"uniform_{key}_ci95")
     better, within, worse, lower_mean = [], [], [], []
     for r in regimes:
         if r == "uniform":
             continue
-        v, c = m.get(f"{r}_{key}", math.nan), m.get(f"{r}_{key}_ci95", math.nan)
+        v, c = num(f"{r}_{key}"), num(f"{r}_{key}_ci95")
         (better if v + c < u - uc else worse if v - c > u + uc else within).append(f"`{r}`")
         if v < u:
             lower_mean.append(f"`{r}`")
@@ -291,10 +303,32 @@ def render_maml_sampling(folder: Path) -> str:
         f": intervals below uniform's: {', '.join(better) or 'none'}; overlapping: {', '.join(within) or 'none'}; " \
         f"above: {', '.join(worse) or 'none'}; lower mean than uniform: {', '.join(lower_mean) or 'none'}"
     diff = _differences(protocol_differences(cfg, "maml_sampling"))
+    after = f"after {steps_judged} step{'s' if steps_judged != '1' else ''}" + (
+        f"; {k} steps diverged on some tasks" if key == "heldout_mse_1step" and k != 1 else "")
     lines.append(_comparison([[f"a biased regime beats `uniform` on the test tasks (the seed's claim; held-out MSE "
-                               f"after {k} steps)", "claimed from one seed's curves, no number",
+                               f"{after})", "claimed from one seed's curves, no number",
                                f"`uniform` {pm(u, uc, 3)}", diff, judged]]))
     return "\n".join(lines) + "\n"
+
+
+def _diverged_tasks(folder: Path, k: int) -> str:
+    """Which (regime, seed) runs had test-grid tasks whose ``k``-step MSE is not finite, and how many."""
+    path = folder / "parameter_space.csv"
+    col = f"mse_{k}step"
+    if not path.is_file():
+        return ""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    if col not in df.columns:
+        return ""
+    bad = df[~pd.to_numeric(df[col], errors="coerce").apply(math.isfinite)]
+    if bad.empty:
+        return ""
+    per = df.groupby(["run", "seed"]).size()
+    parts = [f"`{run}` seed {seed}: {n} of {per[(run, seed)]} grid tasks"
+             for (run, seed), n in bad.groupby(["run", "seed"]).size().items()]
+    return "; ".join(parts)
 
 
 # --- 05 ------------------------------------------------------------------------------------------------------
