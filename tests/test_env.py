@@ -48,20 +48,22 @@ _CHURN = """
 import resource, torch
 from nbmodule.env import keep_freed_memory
 kept = keep_freed_memory()
-def churn():  # the sizes of MAML-RL's TRPO step: 16 MB activations, allocated and freed per product
-    a = torch.ones(40000, 100); b = torch.ones(40000, 101); c = a @ torch.ones(100, 100); del a, b, c
-churn()
+def churn(i):  # TRPO's sizes (8-28 MB), a little larger each round, so glibc's adaptive threshold cannot learn them
+    n = (8 << 20) // 4 + i * ((1 << 20) // 4)
+    a = torch.ones(n); b = torch.ones(n + 1024); del a, b
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    churn()
+for i in range(20):
+    churn(i)
 print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_keep_freed_memory_stops_large_tensors_from_page_faulting_anew():
-    """With the setting, re-allocating 16 MB tensors reuses the freed heap (the page faults of 20 rounds
-    drop several-fold); ``NBM_MALLOC=system`` leaves glibc's default (each tensor mapped and faulted anew)."""
+    """With the setting, re-allocating 8-28 MB tensors reuses the freed heap (measured: 29-33 thousand page
+    faults over 20 rounds against 179 thousand); ``NBM_MALLOC=system`` leaves glibc's default (each tensor
+    mapped and faulted anew). Sizes grow each round: with a repeated size glibc's own adaptive threshold
+    sometimes learns it, which made a same-size churn's count vary tenfold."""
     def faults(**env):
         out = subprocess.run([sys.executable, "-c", _CHURN], capture_output=True, text=True, check=True,
                              cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **env}).stdout.split()
@@ -70,4 +72,4 @@ def test_keep_freed_memory_stops_large_tensors_from_page_faulting_anew():
     kept, with_setting = faults()
     default, without = faults(NBM_MALLOC="system")
     assert (kept, default) == ("True", "False")
-    assert with_setting * 4 < without, (with_setting, without)
+    assert with_setting * 3 < without, (with_setting, without)
