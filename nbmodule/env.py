@@ -5,6 +5,7 @@ what they made (a ``torch.Generator``, a ``torch.device``) so callers pass them 
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 from pathlib import Path
@@ -111,6 +112,7 @@ def keep_freed_memory() -> bool:
     return _malloc_kept
 
 
+@functools.cache  # asked at every autocast entry (each training step): the CPU does not change
 def _native_bfloat16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

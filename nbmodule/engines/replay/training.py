@@ -29,9 +29,8 @@ class Precision:
     def __init__(self, enabled: bool, device: torch.device):
         from ...env import cpu_bfloat16
 
-        self.asked = bool(enabled)
-        self.cpu_note = cpu_bfloat16()[1] if self.asked and device.type == "cpu" else ""
-        self.enabled = self.asked and (device.type == "cuda" or (device.type == "cpu" and cpu_bfloat16()[0]))
+        cpu_ok, self.cpu_note = cpu_bfloat16() if enabled and device.type == "cpu" else (False, "")
+        self.enabled = bool(enabled) and (device.type == "cuda" or cpu_ok)
         self.device_type = device.type if self.enabled else "cpu"
         self.dtype = torch.float16 if self.device_type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.device_type == "cuda")
