@@ -35,7 +35,7 @@ def test_every_committed_result_says_how_it_was_made_and_holds_no_checkpoint(fol
     command = read_command(path)
     missing = [f for f in ("command", *COMMAND_FIELDS) if not command.get(f)]
     assert not missing, f"{path}/COMMAND.md lacks {', '.join(missing)}"
-    assert command["command"].startswith("python -m nbmodule run "), command["command"]
+    assert command["command"].startswith(("python -m nbmodule run ", "python -m nbmodule sweep ")), command["command"]
     assert not list(path.rglob("checkpoints")), f"{path} holds checkpoints"
 
 
@@ -112,6 +112,28 @@ def test_verdicts():
     assert _limit((4.0, 2.0), limit=5.0).startswith("**undecided**")
     assert protocol_differences({"iterations": 200, "horizon": 100, "seeds": [0]}, "maml_rl/cheetah") == [
         ("budget", "meta-iterations 200 (paper 500)"), ("protocol", "horizon 100 (paper 200)")]
+
+
+def test_halfcheetah_velocity_is_judged_against_the_figure_within_its_reading_error(tmp_path):
+    """Goal velocity has no table in the paper: its anchor is read off Figure 5 and says so, and a mean is
+    judged reproduced only within that reading error (+- 10) or within its own interval."""
+    folder = tmp_path / "results" / "07_maml_rl_cheetah_vel"
+    run = RunDir(folder)
+    cfg = {"envs": ["cheetah_vel"], "seeds": [0], "meta_batch_size": 40, "trajectories": 20, "horizon": 200,
+           "iterations": 500, "eval_goals": 40, "eval_trajectories": 20, "eval_steps": 3}
+    (run.path / "config.json").write_text(json.dumps({"config": cfg, "status": "complete", "study": "maml_rl"}))
+    returns = (-150.0, -85.0, -60.0, -90.0)  # 20 under, 5 under, 15 over, 15 under the figure's values
+    run.write_metrics({f"cheetah_vel_return_{k}step": v for k, v in enumerate(returns)})
+    text = render_folder(folder)
+    assert "| MAML, Finn et al. 2017, Figure 5, read approximately | -130 | -80 | -75 | -75 |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| HalfCheetah goal velocity, MAML return")]
+    assert len(rows) == 4
+    assert all(f"| {v} ± 10 (Finn et al. 2017, Figure 5, read approximately) |" in row
+               for v, row in zip((-130, -80, -75, -75), rows))
+    assert rows[0].endswith("| **not reproduced**: 20.00 worse than the figure's value |")
+    assert rows[1].endswith("| **reproduced** (within ± 10 of the value read off the figure) |")
+    assert rows[2].endswith("| **not reproduced**: 15.00 better than the figure's value |")
+    assert rows[3].endswith("| **not reproduced**: 15.00 worse than the figure's value |")
 
 
 def test_check_fails_when_the_readme_disagrees_and_write_repairs_it(tmp_path, capsys):

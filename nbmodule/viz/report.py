@@ -398,7 +398,7 @@ def render_fewshot(folder: Path) -> str:
 
 # --- 07 ------------------------------------------------------------------------------------------------------
 def render_maml_rl(folder: Path) -> str:
-    from .maml_rl import ENV_TITLES, METHOD_LABELS, PAPER_RETURNS
+    from .maml_rl import ENV_TITLES, METHOD_LABELS, PAPER_READING_ERROR, PAPER_RETURNS
 
     progress = run_progress(folder)
     cfg = _config(folder)
@@ -427,7 +427,8 @@ def render_maml_rl(folder: Path) -> str:
                             m.get(f"{prefix}return_{k}step_ci95", math.nan), 2) for k in range(steps + 1)])
         published = PAPER_RETURNS.get(env)
         if published:
-            rows.append([f"MAML, {published[1]}"] + [fmt(v, 2) for v in published[0][:steps + 1]])
+            rows.append([f"MAML, {published[1]}"] + [fmt(v, 2 if env not in PAPER_READING_ERROR else 0)
+                                                      for v in published[0][:steps + 1]])
         if len(envs) > 1:
             lines.append(f"**{ENV_TITLES.get(env, env)}**")
             lines.append("")
@@ -436,12 +437,18 @@ def render_maml_rl(folder: Path) -> str:
         family = "maml_rl/nav2d" if env == "nav2d" else "maml_rl/cheetah"
         diffs = protocol_differences(cfg, family)
         diff = _differences(diffs)
+        reading = PAPER_READING_ERROR.get(env)  # an anchor read off a figure: judged within its reading error
         if published:
             for k, value in enumerate(published[0][:steps + 1]):
                 ours = (m.get(f"{env}_return_{k}step", math.nan), m.get(f"{env}_return_{k}step_ci95", math.nan))
+                judged = verdict(*ours, value, reading)
+                if reading is not None:
+                    judged = judged.replace("within the paper's interval", f"within ± {fmt(reading, 0)} of the value "
+                                            "read off the figure").replace("than the paper", "than the figure's value")
+                paper = (f"{fmt(value, 2)} ({published[1]})" if reading is None else
+                         f"{fmt(value, 0)} ± {fmt(reading, 0)} ({published[1]})")
                 comp.append([f"{ENV_TITLES.get(env, env)}, MAML return after {k} step{'s' if k != 1 else ''}",
-                             f"{fmt(value, 2)} ({published[1]})", pm(*ours, 2), diff,
-                             _why(verdict(*ours, value), diffs)])
+                             paper, pm(*ours, 2), diff, _why(judged, diffs)])
         else:
             ours = (m.get(f"{env}_return_1step", math.nan), m.get(f"{env}_return_1step_ci95", math.nan))
             comp.append([f"{ENV_TITLES.get(env, env)}, MAML return after 1 step", "a figure only (Finn et al. 2017, "
