@@ -136,6 +136,19 @@ def test_halfcheetah_velocity_is_judged_against_the_figure_within_its_reading_er
     assert rows[3].endswith("| **not reproduced**: 15.00 worse than the figure's value |")
 
 
+def test_a_stopped_rl_run_shows_each_training_loop_so_far(tmp_path):
+    folder = tmp_path / "results" / "07_maml_rl_cheetah_dir"
+    run = RunDir(folder)
+    cfg = {"envs": ["cheetah_dir"], "seeds": [0], "iterations": 200, "pretrain_iterations": 200}
+    (run.path / "config.json").write_text(json.dumps({"config": cfg, "status": "running", "study": "maml_rl"}))
+    run.write_curve("train", [{"run": "cheetah_dir_maml", "seed": 0, "iteration": i, "return_0step": -60.0 + i,
+                               "return_1step": 10.0 * i} for i in (1, 2, 3)])
+    assert run_progress(folder).describe() == "partial: 3 of 200 iterations"
+    text = render_folder(folder)
+    assert "| cheetah_dir_maml | 0 | 3 of 200 | -57.00 | 30.00 |" in text
+    assert "not the test protocol" in text and "| quantity | paper |" not in text  # no verdict before evaluation
+
+
 def test_check_fails_when_the_readme_disagrees_and_write_repairs_it(tmp_path, capsys):
     root = tmp_path / "results"
     _fewshot_run(root / "05_maml_fewshot" / "seed0", 0, 93.25)

@@ -126,6 +126,10 @@ def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, ctx, monkeypatch)
     monkeypatch.setattr(engine, "meta_iteration", real)
     ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "nav2d_maml_s0.pt", weights_only=True)
     assert ckpt["step"] == 2
+    # the stopped run's folder shows its learning curve so far: the reference's first two rows
+    partial = RunDir(tmp_path / "cut").curve("train")
+    assert [r["iteration"] for r in partial] == [1, 2] and {r["run"] for r in partial} == {"nav2d_maml"}
+    assert json.dumps(partial) == json.dumps(RunDir(tmp_path / "ref").curve("train")[:2])
     resumed = run(cfg, RunDir(tmp_path / "cut"), ctx)
     for key, value in reference.items():
         if not key.endswith(("_s", "_s_per_iter")):

@@ -44,7 +44,8 @@ Run folder (``<out>/07_maml_rl/``):
     ``run`` (``{env}_{method}``), ``seed``, ``iteration``, ``return_0step`` (mean return of the trajectories
     sampled before adaptation), ``return_1step`` .. (after each inner step; MAML only), ``loss_before``,
     ``loss_after`` (TRPO surrogate), ``kl`` (mean KL of the accepted step), ``backtracks``, ``accepted``,
-    ``env_steps``; averaged over the ``log_every`` iterations up to ``iteration``.
+    ``env_steps``; averaged over the ``log_every`` iterations up to ``iteration``. Rewritten at every
+    checkpoint while the run trains (the rows so far), so a stopped run's folder holds its curve.
 ``evaluation.json``
     ``{env: {"protocol": "...", "goals": [[...]], "steps": S, "lrs": [...] (the paper's fixed schedule, method
     ``maml``), "finetune": {method: {"lr": alpha, "lrs": [...], "validation": {alpha: mean return}}},
@@ -181,10 +182,20 @@ def _params(policy: GaussianMLPPolicy) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in policy.named_parameters()}
 
 
+def write_train_curve(run: RunDir, rows: list[dict[str, Any]]) -> None:
+    """``curves/train.csv`` from the training rows so far (MAML rows have more returns than pretraining's)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    run.write_curve("train", [{k: row.get(k, math.nan) for k in columns} for row in rows])
+
+
 def train_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, method: str, seed: int, run: RunDir,
-                 *, device: torch.device, bar: Any = None) -> dict[str, Any]:
+                 *, device: torch.device, bar: Any = None, earlier_rows: list[dict[str, Any]] | None = None
+                 ) -> dict[str, Any]:
     """Train ``method`` ("maml" or "pretrained") for one seed from ``policy``'s initial weights, resuming from
-    ``checkpoints/{env}_{method}_s{seed}.pt``. Returns ``{"params", "rows", "seconds", "iterations"}``."""
+    ``checkpoints/{env}_{method}_s{seed}.pt``. Returns ``{"params", "rows", "seconds", "iterations"}``.
+
+    With ``earlier_rows`` (the rows of the loops this run finished before), every checkpoint also rewrites
+    ``curves/train.csv`` with them and this loop's rows so far: a run stopped mid-way shows its learning curve."""
     total = cfg.training_iterations(method)
     inner_steps = cfg.inner_steps if method == "maml" else 0
     settings = replace(cfg.settings(), trajectories=cfg.trajectories_per_task(method))
@@ -208,6 +219,8 @@ def train_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, met
         bar.update(min(ck.step, total))
 
     def snapshot() -> dict[str, Any]:
+        if earlier_rows is not None:
+            write_train_curve(run, earlier_rows + rows)
         return {"params": {k: v.detach().cpu() for k, v in theta.items()}, "generator": gen.get_state(),
                 "rows": rows, "acc": dict(acc), "seconds": dict(timer.seconds),
                 "trajectories_per_task": settings.trajectories}
@@ -383,7 +396,8 @@ def run(cfg: MamlRLConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, float 
                         if method == "random":
                             theta, trained = _params(policy), 0
                         else:
-                            result = train_policy(cfg, env, policy, method, seed, run_dir, device=device, bar=bar)
+                            result = train_policy(cfg, env, policy, method, seed, run_dir, device=device, bar=bar,
+                                                  earlier_rows=rows)
                             trainings[(env_name, method, seed)] = result
                             rows.extend(result["rows"])
                             theta, trained = result["params"], result["iterations"]
@@ -423,8 +437,7 @@ def run(cfg: MamlRLConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, float 
             close = getattr(env, "close", None)
             if close is not None:
                 close()
-    columns = list(dict.fromkeys(k for row in rows for k in row))  # MAML rows have more returns than pretraining's
-    run_dir.write_curve("train", [{k: row.get(k, math.nan) for k in columns} for row in rows])
+    write_train_curve(run_dir, rows)
     run_dir.write_json("evaluation.json", evaluation_json)
     if trajectories:
         run_dir.write_json("trajectories.json", trajectories)

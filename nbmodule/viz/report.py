@@ -397,6 +397,26 @@ def render_fewshot(folder: Path) -> str:
 
 
 # --- 07 ------------------------------------------------------------------------------------------------------
+def _maml_rl_training_so_far(folder: Path, cfg: dict[str, Any]) -> list[str]:
+    """A stopped run's training loops (``curves/train.csv``): per loop, the last logged iteration of its budget and
+    the training returns there (the meta-batch's tasks: a training signal, not the test protocol)."""
+    train = read_curves(folder, ["train"]).get("train")
+    if train is None or not {"run", "seed", "iteration", "return_0step"} <= set(train.columns):
+        return []
+    budget = {"maml": cfg.get("iterations"), "pretrained": cfg.get("pretrain_iterations")}
+    rows = []
+    for (name, seed), df in train.groupby(["run", "seed"], sort=False):
+        last = df.sort_values("iteration").iloc[-1]
+        method = str(name).rsplit("_", 1)[-1]
+        after = float(last["return_1step"]) if "return_1step" in df.columns and method == "maml" else math.nan
+        rows.append([str(name), str(seed), f"{thousands(int(last['iteration']))} of {thousands(budget.get(method))}",
+                     fmt(float(last["return_0step"]), 2), fmt(after, 2)])
+    return [_table(("training loop", "seed", "iterations", "return before the inner step",
+                    "return after it"), rows),
+            "", "Returns on the meta-batch's training tasks at the last logged iteration: a training signal, not "
+            "the test protocol (held-out tasks, 0-3 steps), which runs when every loop has finished.", ""]
+
+
 def render_maml_rl(folder: Path) -> str:
     from .maml_rl import ENV_TITLES, METHOD_LABELS, PAPER_READING_ERROR, PAPER_RETURNS
 
@@ -406,6 +426,7 @@ def render_maml_rl(folder: Path) -> str:
     lines = _header(folder, progress, subtitle=", ".join(ENV_TITLES.get(e, e) for e in envs))
     m = read_metrics_file(folder) if progress.status == "complete" else {}
     if not m:
+        lines += _maml_rl_training_so_far(folder, cfg)
         return "\n".join(lines).rstrip() + "\n"
     seeds = cfg.get("seeds") or [cfg.get("seed", 0)]
     steps = int(cfg.get("eval_steps", 3))
