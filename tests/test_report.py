@@ -149,6 +149,19 @@ def test_a_stopped_rl_run_shows_each_training_loop_so_far(tmp_path):
     assert "not the test protocol" in text and "| quantity | paper |" not in text  # no verdict before evaluation
 
 
+def test_a_finding_in_command_md_is_rendered_under_its_section(tmp_path):
+    folder = tmp_path / "results" / "05_maml_fewshot"
+    _fewshot_run(folder, 0, 93.0)
+    (folder / "COMMAND.md").write_text("# t\n\n```bash\npython -m nbmodule run fewshot --profile cpu\n```\n\n"
+                                       "- commit: abc\n- finding: the second step overshoots;\n  see the figure\n"
+                                       "- data: real\n")
+    assert read_command(folder)["finding"] == "the second step overshoots; see the figure"
+    text = render_folder(folder)
+    assert text.endswith("\n\nFinding (`results/05_maml_fewshot/COMMAND.md`): the second step overshoots; see the "
+                         "figure\n")
+    assert "data: real" in text
+
+
 def test_check_fails_when_the_readme_disagrees_and_write_repairs_it(tmp_path, capsys):
     root = tmp_path / "results"
     _fewshot_run(root / "05_maml_fewshot" / "seed0", 0, 93.25)

@@ -46,6 +46,9 @@ BEGIN = "<!-- BEGIN results report: python -m nbmodule report results/ --readme 
 END = "<!-- END results report -->"
 #: Lines every ``COMMAND.md`` holds besides its command (a fenced ``bash`` block): ``- <field>: <value>``.
 COMMAND_FIELDS = ("commit", "machine", "threads", "device", "wall time", "data")
+#: Optional ``COMMAND.md`` fields: ``finding``, what the numbers say beyond the verdicts (why one misses the paper
+#: when no protocol difference explains it), rendered under the result's section.
+OPTIONAL_FIELDS = ("finding",)
 #: The results the report expects, in reading order; others found under ``results/`` follow their notebook.
 EXPECTED = ("02_sequential_replay", "03_mtml", "04_maml_sampling", "04_maml_sampling_3d", "05_maml_fewshot",
             "05_maml_fewshot_omniglot", "07_maml_rl", "07_maml_rl_cheetah_vel", "07_maml_rl_cheetah_dir")
@@ -69,7 +72,7 @@ def read_command(folder: str | Path) -> dict[str, str]:
         out["command"] = block.group(1).strip()
     field = None
     for line in text.splitlines():
-        m = re.match(r"^- (" + "|".join(COMMAND_FIELDS) + r"): (.+)$", line)
+        m = re.match(r"^- (" + "|".join(COMMAND_FIELDS + OPTIONAL_FIELDS) + r"): (.+)$", line)
         if m and m.group(1) not in out:
             field = m.group(1)
             out[field] = m.group(2).strip()
@@ -491,7 +494,11 @@ def render_folder(folder: str | Path) -> str:
     if renderer is None:
         raise ValueError(f"{folder}: no report section for notebook {folder.name[:2]!r} "
                          f"(known: {', '.join(RENDERERS)})")
-    return renderer(folder)
+    text = renderer(folder)
+    finding = read_command(folder).get("finding")
+    if finding:
+        text = text.rstrip("\n") + f"\n\nFinding (`{folder.parent.name}/{folder.name}/COMMAND.md`): {finding}\n"
+    return text
 
 
 def _folders(results_dir: Path) -> list[Path]:
