@@ -44,6 +44,8 @@ PROTOCOLS: dict[str, dict[str, Field]] = {
         "horizon": Field(100, "protocol", "horizon"),
         "inner_lr": Field(0.1, "protocol", "inner step size"),
         "max_kl": Field(0.01, "protocol", "TRPO max KL"),
+        # App. A.2: "the model with the best average return during training was used for evaluation"
+        "evaluated_policy": Field("best training return", "protocol", "evaluated policy"),
     },
     # Finn et al. 2017, Sec. 5.3: HalfCheetah goal velocity and direction, meta-batch 40, horizon 200
     "maml_rl/cheetah": {
@@ -53,6 +55,8 @@ PROTOCOLS: dict[str, dict[str, Field]] = {
         "horizon": Field(200, "protocol", "horizon"),
         "inner_lr": Field(0.1, "protocol", "inner step size"),
         "max_kl": Field(0.01, "protocol", "TRPO max KL"),
+        # App. A.2: "the model with the best average return during training was used for evaluation"
+        "evaluated_policy": Field("best training return", "protocol", "evaluated policy"),
     },
     # the seed repository (seblee97/maml, base_config.py as gpu.yaml records it): sinusoid regression
     "maml_sampling": {
