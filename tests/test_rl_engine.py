@@ -107,6 +107,66 @@ def test_random_init_is_the_untrained_policy_of_the_same_seed(tmp_path, ctx):
         assert metrics[f"nav2d_pretrained_return_{k}step"] == metrics[f"nav2d_random_return_{k}step"]
 
 
+def test_the_papers_model_selection_evaluates_each_seeds_best_training_return(tmp_path, ctx):
+    """Finn et al. App. A.2: "the model with the best average return during training was used for evaluation".
+    The policy whose sampled trajectories had the highest post-update training return (iteration i's
+    trajectories come from the policy after i - 1 TRPO steps) is evaluated as ``maml_best``."""
+    cfg = MamlRLConfig.from_values({**TINY, "iterations": 5, "baselines": []})
+    metrics = run(cfg, RunDir(tmp_path), ctx)
+    rows = [r for r in RunDir(tmp_path).curve("train") if r["run"] == "nav2d_maml"]
+    best = json.loads((tmp_path / "evaluation.json").read_text())["nav2d"]["best"]
+    assert best["evaluated"] is True
+    for seed in (0, 1):
+        mine = [r for r in rows if r["seed"] == seed]
+        top = max(mine, key=lambda r: r["return_1step"])  # the first of equals, as the engine
+        assert best["iterations"][str(seed)] == top["iteration"] - 1
+        assert best["training_returns"][str(seed)] == pytest.approx(top["return_1step"], rel=1e-6)
+        ckpt = torch.load(tmp_path / "checkpoints" / f"nav2d_maml_s{seed}.pt", weights_only=False)["state"]
+        assert ckpt["best_since"] == 1 and ckpt["best"]["iteration"] == best["iterations"][str(seed)]
+    for k in range(3):
+        assert metrics[f"nav2d_maml_best_return_{k}step"] is not None
+    # the final policy (after iteration 5's TRPO step) never sampled training trajectories: it cannot be chosen
+    assert all(i < cfg.iterations for i in best["iterations"].values())
+
+
+@pytest.mark.parametrize("earlier", [-1e9, 1e9], ids=["curve-rules-out-earlier", "earlier-may-be-better"])
+def test_a_checkpoint_that_did_not_track_the_best_policy(tmp_path, ctx, monkeypatch, earlier):
+    """A loop resumed from a checkpoint of an earlier version tracked the best policy only from then on: it is
+    evaluated only when the training curve (a row per iteration) rules out an earlier, better iteration."""
+    cfg = MamlRLConfig.from_values({**TINY, "seeds": [0], "baselines": []})
+    calls = {"n": 0}
+    real = engine.meta_iteration
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "meta_iteration", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, RunDir(tmp_path), ctx)
+    monkeypatch.setattr(engine, "meta_iteration", real)
+    path = tmp_path / "checkpoints" / "nav2d_maml_s0.pt"
+    saved = torch.load(path, weights_only=False)
+    for key in ("best", "best_since"):  # a checkpoint written before the study tracked the best policy
+        del saved["state"][key]
+    assert [r["iteration"] for r in saved["state"]["rows"]] == [1, 2]  # the untracked iterations
+    for row in saved["state"]["rows"]:
+        row["return_1step"] = earlier
+    torch.save(saved, path)
+    metrics = run(cfg, RunDir(tmp_path), ctx)
+    best = json.loads((tmp_path / "evaluation.json").read_text())["nav2d"]["best"]
+    if earlier < 0:  # the curve proves no untracked iteration was better: exact, and says how it knows
+        assert best["evaluated"] is True and best["tracked_from"] == {"0": 3}
+        assert best["best_before_tracking"]["0"] == earlier
+        assert best["iterations"]["0"] == 2  # iteration 3 sampled with the policy after 2 TRPO steps
+        assert "nav2d_maml_best_return_1step" in metrics
+    else:
+        assert best["evaluated"] is False and "from iteration 3 for seed 0" in best["why"]
+        assert "nav2d_maml_best_return_1step" not in metrics and "nav2d_return_1step" in metrics
+
+
 def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, ctx, monkeypatch):
     cfg = MamlRLConfig.from_values({**TINY, "seeds": [0]})
     reference = run(cfg, RunDir(tmp_path / "ref"), ctx)

@@ -34,7 +34,9 @@ Run folder (``<out>/07_maml_rl/``):
 ``metrics.json``
     per environment ``E`` and step ``k`` (means over seeds; ``_ci95``: half-width of the Student-t 95% interval
     over seeds, null with one seed): ``E_return_{k}step`` (MAML, the paper's fixed step),
-    ``E_maml_tuned_return_{k}step`` (MAML, its step chosen on validation), ``E_pretrained_return_{k}step`` and
+    ``E_maml_tuned_return_{k}step`` (MAML, its step chosen on validation), ``E_maml_best_return_{k}step`` (the
+    paper's model selection: each seed's MAML policy of the best training return, the paper's fixed step),
+    ``E_pretrained_return_{k}step`` and
     ``E_random_return_{k}step`` (their steps chosen on validation), each with ``_ci95``;
     ``E_{method}_finetune_lr`` (the chosen ``alpha`` of ``maml``, ``pretrained``, ``random``); timings ``maml_rl_s_per_iter`` (one MAML meta-iteration,
     mean over environments and seeds) split into ``maml_rl_sampling_s_per_iter``, ``maml_rl_inner_s_per_iter``
@@ -49,8 +51,9 @@ Run folder (``<out>/07_maml_rl/``):
 ``evaluation.json``
     ``{env: {"protocol": "...", "goals": [[...]], "steps": S, "lrs": [...] (the paper's fixed schedule, method
     ``maml``), "finetune": {method: {"lr": alpha, "lrs": [...], "validation": {alpha: mean return}}},
-    "methods": {method: {seed: [[return per goal] per step]}}}}`` with methods ``maml``, ``maml_tuned``,
-    ``pretrained``, ``random``.
+    "methods": {method: {seed: [[return per goal] per step]}}, "best": {...}}}`` with methods ``maml``,
+    ``maml_tuned``, ``maml_best``, ``pretrained``, ``random``; ``best`` says from which iteration each seed's
+    ``maml_best`` policy comes (or why it was not evaluated).
 ``trajectories.json``
     2D navigation only: ``{"goals": [[x, y]...], "methods": {method: [[[[x, y] per time step] per
     trajectory] per goal] per step]}}`` for the first seed and ``show_goals`` goals.
@@ -192,7 +195,11 @@ def train_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, met
                  *, device: torch.device, bar: Any = None, earlier_rows: list[dict[str, Any]] | None = None
                  ) -> dict[str, Any]:
     """Train ``method`` ("maml" or "pretrained") for one seed from ``policy``'s initial weights, resuming from
-    ``checkpoints/{env}_{method}_s{seed}.pt``. Returns ``{"params", "rows", "seconds", "iterations"}``.
+    ``checkpoints/{env}_{method}_s{seed}.pt``. Returns ``{"params", "rows", "seconds", "iterations", "best",
+    "best_since"}``: ``best`` is ``{"params", "iteration", "score"}``, the policy of the iteration with the highest
+    training return (after the inner steps; the first of equals), the paper's model selection (Finn et al. 2017,
+    App. A.2: "the model with the best average return during training was used for evaluation"), looked for
+    from iteration ``best_since`` on (1, unless the loop resumed from a checkpoint that did not track it).
 
     With ``earlier_rows`` (the rows of the loops this run finished before), every checkpoint also rewrites
     ``curves/train.csv`` with them and this loop's rows so far: a run stopped mid-way shows its learning curve."""
@@ -205,6 +212,8 @@ def train_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, met
     state = ck.load()
     rows: list[dict[str, Any]] = []
     acc: dict[str, float] = {}
+    best: dict[str, Any] | None = None
+    best_since = 1
     timer = Timer(device)
     if state is not None:
         stored = state.get("trajectories_per_task", cfg.trajectories if method == "maml" else None)
@@ -215,6 +224,8 @@ def train_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, met
         theta = {k: v.to(device) for k, v in state["params"].items()}
         gen.set_state(state["generator"])
         rows, acc, timer.seconds = list(state["rows"]), dict(state["acc"]), dict(state["seconds"])
+        best = state.get("best")
+        best_since = int(state["best_since"]) if "best_since" in state else ck.step + 1  # an older checkpoint
     if bar is not None:
         bar.update(min(ck.step, total))
 
@@ -223,12 +234,17 @@ def train_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, met
             write_train_curve(run, earlier_rows + rows)
         return {"params": {k: v.detach().cpu() for k, v in theta.items()}, "generator": gen.get_state(),
                 "rows": rows, "acc": dict(acc), "seconds": dict(timer.seconds),
-                "trajectories_per_task": settings.trajectories}
+                "trajectories_per_task": settings.trajectories, "best": best, "best_since": best_since}
 
     run_name = f"{env.name}_{method}"
     for it in ck.steps(total, every=cfg.checkpoint_every, state=snapshot):
+        previous = {k: v.detach().clone() for k, v in theta.items()}  # the policy this iteration samples with
         theta, stats, info = meta_iteration(env, policy, theta, settings, gen, timer, inner_steps=inner_steps)
         check_finite(info.loss_after, step=it, what=f"the TRPO surrogate ({run_name}, seed {seed})", run_dir=run)
+        score = float(stats[f"return_{inner_steps}step"])  # the training return of the policy sampled this iteration
+        if best is None or score > best["score"]:  # theta before this iteration's TRPO step sampled it
+            best = {"params": {k: v.cpu() for k, v in previous.items()}, "iteration": it - 1,
+                    "score": score}
         stats.update(loss_before=info.loss_before, loss_after=info.loss_after, kl=info.kl,
                      backtracks=float(info.backtracks), accepted=float(info.accepted))
         for key, value in stats.items():
@@ -243,7 +259,8 @@ def train_policy(cfg: MamlRLConfig, env: MetaEnv, policy: GaussianMLPPolicy, met
                                 refresh=False)
         if bar is not None:
             bar.update(1)
-    return {"params": theta, "rows": rows, "seconds": dict(timer.seconds), "iterations": total}
+    return {"params": theta, "rows": rows, "seconds": dict(timer.seconds), "iterations": total, "best": best,
+            "best_since": best_since}
 
 
 def _protocol(cfg: MamlRLConfig) -> dict[str, Any]:
@@ -323,6 +340,52 @@ def _evaluated(cfg: MamlRLConfig) -> list[str]:
     return [m for m in EVALUATED if m.removesuffix("_tuned") in cfg.methods()]
 
 
+def _variants(cfg: MamlRLConfig, evaluations: dict[tuple[str, str, int], Any], env: str) -> list[str]:
+    """The evaluated methods of ``env``: :func:`_evaluated`, then ``maml_best`` where it was evaluated."""
+    return _evaluated(cfg) + (["maml_best"] if (env, "maml_best", cfg.seeds[0]) in evaluations else [])
+
+
+def _evaluate_best(cfg: MamlRLConfig, env: MetaEnv, policies: dict[tuple[str, int], Any],
+                   trainings: dict[tuple[str, str, int], dict[str, Any]], goals: torch.Tensor, run: RunDir,
+                   evaluations: dict[tuple[str, str, int], dict[str, Any]], device: torch.device) -> dict[str, Any]:
+    """The paper's model selection (App. A.2): each seed's MAML policy of the best training return, evaluated
+    under the paper's fixed steps as method ``maml_best`` (into ``evaluations``). Returns the
+    ``evaluation.json`` block saying which iteration each seed's policy comes from, or why none was evaluated
+    (a loop resumed from a checkpoint of a version that did not track it); empty without MAML training."""
+    if cfg.training_iterations("maml") == 0:
+        return {}
+    runs = {seed: trainings[(env.name, "maml", seed)] for seed in cfg.seeds}
+    late = {seed: r["best_since"] for seed, r in runs.items() if r["best_since"] != 1 or r["best"] is None}
+    # a loop resumed from a checkpoint of an earlier version tracked the best only from then on: its selection
+    # is still exact when the training curve (one row per iteration) shows no earlier iteration above it
+    proven = {}
+    for seed, since in late.items():
+        earlier = [float(row[f"return_{cfg.inner_steps}step"]) for row in runs[seed]["rows"]
+                   if int(row["iteration"]) < since]
+        if cfg.log_every == 1 and runs[seed]["best"] is not None and len(earlier) == since - 1 \
+                and max(earlier, default=-math.inf) < runs[seed]["best"]["score"]:
+            proven[seed] = max(earlier, default=-math.inf)
+    late = {seed: since for seed, since in late.items() if seed not in proven}
+    if late:
+        return {"evaluated": False,
+                "why": "the best training return was tracked only from iteration " + ", ".join(
+                    f"{since} for seed {seed}" for seed, since in late.items()) + " (a checkpoint of an earlier "
+                    "version of this study) and the training curve does not rule out an earlier, better iteration; "
+                    "retrain those loops in a new run folder to evaluate it"}
+    for seed, r in runs.items():
+        params = {k: v.to(device) for k, v in r["best"]["params"].items()}
+        evaluations[(env.name, "maml_best", seed)] = evaluate_policy(
+            cfg, env, policies[("maml", seed)][0], params, "maml_best", seed, int(r["best"]["iteration"]), goals,
+            run, cfg.inner_lr)
+    return {"evaluated": True, "selection": "Finn et al. 2017, App. A.2: the policy of the highest training "
+            "return (after the inner step, the meta-batch's tasks) over the whole training; evaluated under the "
+            "paper's fixed steps 'lrs'",
+            "iterations": {str(seed): int(r["best"]["iteration"]) for seed, r in runs.items()},
+            "training_returns": {str(seed): float(r["best"]["score"]) for seed, r in runs.items()},
+            **({"tracked_from": {str(seed): runs[seed]["best_since"] for seed in proven},
+                "best_before_tracking": {str(seed): value for seed, value in proven.items()}} if proven else {})}
+
+
 def summarise(cfg: MamlRLConfig, evaluations: dict[tuple[str, str, int], dict[str, Any]],
               trainings: dict[tuple[str, str, int], dict[str, Any]],
               validations: dict[tuple[str, str, int], dict[str, Any]] | None = None,
@@ -331,7 +394,7 @@ def summarise(cfg: MamlRLConfig, evaluations: dict[tuple[str, str, int], dict[st
     fine-tuning steps and the timings."""
     metrics: dict[str, float | None] = {}
     for env in cfg.envs:
-        for method in _evaluated(cfg):
+        for method in _variants(cfg, evaluations, env):
             prefix = env if method == "maml" else f"{env}_{method}"
             for k in range(cfg.eval_steps + 1):
                 values = [float(evaluations[(env, method, s)]["returns"][k].mean()) for s in cfg.seeds]
@@ -421,12 +484,15 @@ def run(cfg: MamlRLConfig, run_dir: RunDir, ctx: RunContext) -> dict[str, float 
                         policy, theta, trained = policies[(method, seed)]
                         evaluations[(env_name, variant, seed)] = evaluate_policy(
                             cfg, env, policy, theta, variant, seed, trained, goals, run_dir, lr)
+                best = _evaluate_best(cfg, env, policies, trainings, goals, run_dir, evaluations, device)
                 evaluation_json[env_name] = {
                     "protocol": _PROTOCOL, "goals": goals.cpu().tolist(), "steps": cfg.eval_steps,
                     "lrs": evaluation_lrs(cfg.inner_lr, cfg.eval_steps), "finetune": finetune,
                     "validation_goals": val_goals.cpu().tolist(),
                     "methods": {m: {str(s): evaluations[(env_name, m, s)]["returns"].tolist() for s in cfg.seeds}
-                                for m in _evaluated(cfg)}}
+                                for m in _variants(cfg, evaluations, env_name)}}
+                if best:
+                    evaluation_json[env_name]["best"] = best
                 if env_name == "nav2d" and cfg.show_goals:
                     first = cfg.seeds[0]
                     trajectories = {"goals": goals[:cfg.show_goals].cpu().tolist(), "seed": first,

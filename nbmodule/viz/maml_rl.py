@@ -35,16 +35,18 @@ PAPER_RETURNS: dict[str, tuple[tuple[float, ...], str]] = {
 PAPER_READING_ERROR: dict[str, float] = {"cheetah_vel": 10.0}
 #: ``maml``: the paper's fixed fine-tuning step; the others: their step chosen on validation goals (the run's
 #: ``evaluation.json`` "finetune" block and "protocol" say which step each used)
-METHOD_LABELS = {"maml": "MAML", "maml_tuned": "MAML, step chosen on validation", "pretrained": "pretrained",
+METHOD_LABELS = {"maml": "MAML", "maml_tuned": "MAML, step chosen on validation",
+                 "maml_best": "MAML, best training return (App. A.2)", "pretrained": "pretrained",
                  "random": "random init"}
 ENV_TITLES = {"nav2d": "2D navigation", "cheetah_vel": "HalfCheetah goal velocity",
               "cheetah_dir": "HalfCheetah goal direction"}
-_COLORS = {"maml": "tab:blue", "maml_tuned": "tab:cyan", "pretrained": "tab:orange", "random": "tab:gray"}
+_COLORS = {"maml": "tab:blue", "maml_tuned": "tab:cyan", "maml_best": "tab:purple", "pretrained": "tab:orange",
+           "random": "tab:gray"}
 
 
 def _step_label(block: Mapping[str, Any], method: str) -> str:
     """The fine-tuning steps a method was evaluated with, e.g. ``0.1, 0.05 (paper)`` or ``0.2, 0.1 (chosen)``."""
-    if method == "maml" or "finetune" not in block:
+    if method in ("maml", "maml_best") or "finetune" not in block:
         return ", ".join(f"{v:g}" for v in block.get("lrs", [])) + " (paper)"
     lrs = block["finetune"].get(method.removesuffix("_tuned"), {}).get("lrs", [])
     return ", ".join(f"{v:g}" for v in lrs) + " (chosen)"
